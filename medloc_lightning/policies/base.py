@@ -1,0 +1,88 @@
+"""The policy interface the GRPO and SFT modules depend on, and nothing more.
+
+A policy turns a batch of grounding records into G sampled answers per prompt (`sample`), recomputes
+per-token log-probs of those answers with gradients (`logprobs`), answers greedily for evaluation
+(`predict`) and gives a supervised loss on the ground-truth answer (`sft_loss`). Boxes always leave the
+policy in original-image pixels, so rewards and metrics never see model coordinates.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+Record = Mapping[str, Any]
+"""One grounding record: ``id``, ``image`` (PIL, RGB), ``query``, ``bbox`` [x1, y1, x2, y2] in original
+pixels, ``width``, ``height`` and optional ``dataset``, ``modality``, ``label``."""
+
+
+@dataclass
+class Rollout:
+    """G completions for each of B prompts, flattened prompt-major to N = B*G rows.
+
+    Row ``b * G + g`` is completion ``g`` of prompt ``b``: a group never straddles rows of another prompt.
+    """
+
+    num_generations: int
+    texts: list[str]
+    """Decoded completions (a policy without text renders its answer in the canonical answer format)."""
+    boxes: Tensor
+    """[N, 4] float32 boxes in original-image pixels; a NaN row means no box could be parsed."""
+    logps: Tensor
+    """[N, T] per-token log-probs under the sampling policy, detached (the 'old' log-probs)."""
+    mask: Tensor
+    """[N, T] 1.0 for completion tokens that count (up to and including the first EOS), else 0.0."""
+    state: Any = None
+    """Policy-private payload that `logprobs` needs to re-score these completions (ids, pixels, ...)."""
+    info: dict[str, Tensor] = field(default_factory=dict)
+    """Optional per-row diagnostics the module logs as means (e.g. ``truncated`` as 0/1)."""
+
+    @property
+    def num_rows(self) -> int:
+        return self.boxes.shape[0]
+
+    @property
+    def num_prompts(self) -> int:
+        return self.num_rows // self.num_generations
+
+
+class GroundingPolicy(nn.Module, abc.ABC):
+    """Base class of every policy. Subclasses are plain ``nn.Module`` s so Lightning moves and saves them."""
+
+    def configure(self) -> None:
+        """Build or load heavy weights; called from ``LightningModule.configure_model``. Idempotent."""
+
+    def enable_reference(self) -> None:
+        """Make ``logprobs(..., reference=True)`` available (called once when beta > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference model; use beta=0")
+
+    @abc.abstractmethod
+    def sample(self, batch: Sequence[Record], num_generations: int, temperature: float) -> Rollout:
+        """Sample ``num_generations`` answers per record without gradients."""
+
+    @abc.abstractmethod
+    def logprobs(self, rollout: Rollout, rows: Tensor | None = None, *, reference: bool = False) -> Tensor:
+        """Per-token log-probs [len(rows), T] of ``rollout``'s completions (all rows when ``rows`` is None).
+
+        With ``reference=False`` the result carries gradients; with ``reference=True`` it is computed
+        under the frozen reference policy and without gradients.
+        """
+
+    @abc.abstractmethod
+    def predict(self, batch: Sequence[Record]) -> tuple[list[str], Tensor]:
+        """Greedy answers: texts and [B, 4] boxes in original pixels (NaN rows when unparsed)."""
+
+    def sft_loss(self, batch: Sequence[Record]) -> Tensor:
+        """Supervised loss of the ground-truth answer for ``batch`` (the SFT baseline)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement supervised training")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def gt_boxes(batch: Sequence[Record], device: torch.device | str | None = None) -> Tensor:
+    """[B, 4] float32 ground-truth boxes of a batch, in original pixels."""
+    return torch.tensor([list(map(float, r["bbox"])) for r in batch], dtype=torch.float32, device=device)
