@@ -1,0 +1,133 @@
+"""`ThresholdCurriculumCallback`: drives any IoU-threshold schedule from a Lightning training loop.
+
+The contract with the LightningModule is two lines: ``training_step`` returns a dict holding ``loss`` and
+``ious`` (this step's IoUs, any shape), and the module reads its reward threshold from ``self.iou_threshold``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from medloc_lightning.curriculum import ThresholdCurriculum, ThresholdSchedule
+
+
+class ThresholdCurriculumCallback(pl.Callback):
+    """Observe per-step IoUs, move τ, and write it to ``pl_module.<attr>``; identical on every rank.
+
+    IoUs are accumulated over gradient-accumulation micro-batches and observed once per optimizer step.
+    Under DDP/FSDP they are all-gathered first (in rank order), so every rank sees the same stream and
+    therefore holds the same window and τ. The schedule's full state travels in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        schedule: ThresholdSchedule | None = None,
+        ious_key: str = "ious",
+        attr: str = "iou_threshold",
+        log_prefix: str = "curriculum",
+        prog_bar: bool = True,
+    ) -> None:
+        super().__init__()
+        self.schedule = ThresholdCurriculum() if schedule is None else schedule
+        self.ious_key, self.attr, self.log_prefix, self.prog_bar = ious_key, attr, log_prefix, prog_bar
+        self._pending: list[torch.Tensor] = []
+        self._last_global_step: int | None = None
+        self._total_steps: float | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(ious_key=self.ious_key, attr=self.attr)
+
+    @property
+    def tau(self) -> float:
+        return self.schedule.tau
+
+    def _apply(self, pl_module: pl.LightningModule) -> None:
+        setattr(pl_module, self.attr, self.schedule.tau)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._apply(pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after a checkpoint restore, so a resumed run's first step already sees the restored τ.
+        self._apply(pl_module)
+        if self._last_global_step is None:
+            self._last_global_step = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        self._total_steps = None if not total or math.isinf(total) else float(total)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        ious = _find_ious(outputs, self.ious_key)
+        if ious is not None:
+            self._pending.append(ious.detach().reshape(-1).to(torch.float32))
+        if self._last_global_step is None:
+            self._last_global_step = trainer.global_step - 1
+        if trainer.global_step == self._last_global_step:
+            return  # mid-accumulation: no optimizer step yet
+        self._last_global_step = trainer.global_step
+        local = torch.cat(self._pending) if self._pending else torch.zeros(0)
+        self._pending = []
+        gathered = _gather_variable(trainer, local.to(pl_module.device))
+        if gathered.numel() == 0:
+            return
+        progress = None if self._total_steps is None else min(1.0, trainer.global_step / self._total_steps)
+        raised = self.schedule.observe(gathered, progress=progress)
+        self._apply(pl_module)
+        self._log(pl_module, raised)
+        if raised:
+            rank_zero_info(
+                f"[curriculum] step {trainer.global_step}: tau raised to {self.schedule.tau:.3f} "
+                f"(raise {self.schedule.num_raises})"
+            )
+
+    def _log(self, pl_module: pl.LightningModule, raised: bool) -> None:
+        stats = self.schedule.stats
+        metrics = {f"{self.log_prefix}/{k}": v for k, v in stats.items() if not math.isnan(v)}
+        metrics[f"{self.log_prefix}/raised"] = float(raised)
+        tau_key = f"{self.log_prefix}/tau"
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1,
+                          prog_bar=self.prog_bar and name == tau_key, rank_zero_only=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.state_dict(),
+            "pending": [t.cpu() for t in self._pending],
+            "last_global_step": self._last_global_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self._pending = [t.clone() for t in state_dict.get("pending", [])]
+        self._last_global_step = state_dict.get("last_global_step")
+
+
+def _find_ious(outputs: Any, key: str) -> torch.Tensor | None:
+    if outputs is None:
+        return None
+    if not isinstance(outputs, dict) or key not in outputs:
+        raise KeyError(
+            f"ThresholdCurriculumCallback needs training_step to return a dict with {key!r}; "
+            f"got {type(outputs).__name__}{' keys ' + str(list(outputs)) if isinstance(outputs, dict) else ''}"
+        )
+    return torch.as_tensor(outputs[key])
+
+
+def _gather_variable(trainer: pl.Trainer, local: torch.Tensor) -> torch.Tensor:
+    """All-gather 1-D tensors of different lengths; concatenated in rank order."""
+    if trainer.world_size == 1:
+        return local.cpu()
+    strategy = trainer.strategy
+    n = torch.tensor([local.numel()], device=local.device)
+    sizes = strategy.all_gather(n).reshape(-1).tolist()
+    padded = torch.zeros(max(sizes), device=local.device, dtype=local.dtype)
+    padded[: local.numel()] = local
+    everything = strategy.all_gather(padded).reshape(len(sizes), -1).cpu()
+    return torch.cat([everything[r, :s] for r, s in enumerate(sizes)])
+

@@ -1,0 +1,23 @@
+"""IoU-threshold curricula (no Lightning import): MedLoc-R1's performance-aware schedule and baselines."""
+from medloc_lightning.curriculum.schedules import (
+    CHECKS,
+    FixedThreshold,
+    IntervalSchedule,
+    ProgressSchedule,
+    ThresholdCurriculum,
+    ThresholdSchedule,
+)
+from medloc_lightning.curriculum.steps import CosineStep, LinearStep, PiecewiseStep, StepSchedule
+
+__all__ = [
+    "CHECKS",
+    "CosineStep",
+    "FixedThreshold",
+    "IntervalSchedule",
+    "LinearStep",
+    "PiecewiseStep",
+    "ProgressSchedule",
+    "StepSchedule",
+    "ThresholdCurriculum",
+    "ThresholdSchedule",
+]

@@ -1,0 +1,310 @@
+"""IoU-threshold schedules: MedLoc-R1's performance-aware curriculum and the baselines it is compared with.
+
+This module is the one place that spells out the paper's symbols.
+
+- τ: the IoU threshold of the binary reward 1[IoU ≥ τ]; it moves from ``tau_start`` to ``tau_target``.
+- The sliding window W holds the IoUs of the last N = ``window`` observed optimizer steps. Every statistic
+  is taken against the *current* τ, and the window is re-read when τ changes:
+  - r̄ (``hit_rate``): the mean over window steps of the per-step fraction of IoUs ≥ τ.
+  - σ (``reward_std``): the population std, over window steps, of those per-step hit rates
+    (temporal stability).
+  - m̄ (``iou_margin``): the mean over window steps of the per-step mean IoU, minus τ.
+- P_τ (``min_hit_rate``) and S_τ (``max_reward_std``) are given at tau_start and at tau_target and
+  interpolated linearly in τ (a float is a constant). Δ (``min_margin``) is constant.
+- The criterion C = [r̄ ≥ P_τ] ∧ [σ ≤ S_τ] ∧ [m̄ ≥ Δ] (the enabled checks only) is evaluated only when
+  the window is full. When it holds, τ ← min(τ + δ, tau_target), δ from a step schedule
+  (`medloc_lightning.curriculum.steps`), and the oldest round(refresh·N) steps are dropped
+  (semi-preserved refresh at 0.5, full replacement at 1.0; round half up).
+
+The core imports no Lightning: `ThresholdCurriculumCallback` is the thin adapter.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Sequence
+
+import numpy as np
+
+from medloc_lightning.curriculum.steps import PiecewiseStep, StepSchedule
+
+CHECKS = ("accuracy", "stability", "margin")
+
+
+def _check_tau(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be an IoU threshold in [0, 1], got {value!r}")
+    return value
+
+
+def _as_pair(name: str, value: float | Sequence[float], low: float, high: float) -> tuple[float, float]:
+    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be a float or a pair (at tau_start, at tau_target), got {value!r}")
+    out = tuple(float(v) for v in pair)
+    if not all(low <= v <= high for v in out):
+        raise ValueError(f"{name} values must lie in [{low}, {high}], got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def as_iou_array(ious: Any) -> np.ndarray:
+    """Flatten one step's IoUs (tensor, array or nested list, any shape) to float64; reject bad values."""
+    if hasattr(ious, "detach"):
+        ious = ious.detach().to("cpu").double().numpy()
+    arr = np.asarray(ious, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError("ious is empty: observe() needs at least one IoU per step")
+    if not np.isfinite(arr).all():
+        raise ValueError("ious contains NaN or inf: an unparsed answer must be passed as IoU 0")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise ValueError(f"ious must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+class ThresholdSchedule:
+    """Base class: a τ that moves as IoUs are observed, with window statistics for monitoring.
+
+    ``observe(ious, progress)`` takes one optimizer step's IoUs (any shape) and returns True when τ rose.
+    ``progress`` is the fraction of training done *after* this step, in [0, 1]; only progress-driven
+    schedules need it. Baselines keep the same window so their statistics are logged alike.
+    """
+
+    def __init__(self, tau: float, window: int = 30) -> None:
+        if int(window) != window or window < 2:
+            raise ValueError(f"window must be an integer >= 2, got {window!r}")
+        self.window = int(window)
+        self._tau = _check_tau("tau", tau)
+        self._steps: deque[tuple[np.ndarray, float, float]] = deque(maxlen=self.window)  # (ious, hit, mean)
+        self.num_steps = 0
+        self.num_raises = 0
+        self.events: list[dict[str, float]] = []
+
+    @property
+    def tau(self) -> float:
+        return self._tau
+
+    # --- window -----------------------------------------------------------------------------------
+    def _push(self, arr: np.ndarray) -> None:
+        self._steps.append((arr, float(np.count_nonzero(arr >= self._tau)) / arr.size, float(arr.mean())))
+        self.num_steps += 1
+
+    def _rescore(self) -> None:
+        """Re-read the kept steps against the current τ."""
+        self._steps = deque(
+            ((a, float(np.count_nonzero(a >= self._tau)) / a.size, m) for a, _, m in self._steps),
+            maxlen=self.window,
+        )
+
+    def _set_tau(self, tau: float) -> bool:
+        tau = round(tau, 10)  # 0.3 + 0.15 must be 0.45, so a chain of raises lands exactly on tau_target
+        if tau == self._tau:
+            return False
+        self._tau = tau
+        self.num_raises += 1
+        self.events.append({"step": float(self.num_steps), "tau": tau})
+        self._rescore()
+        return True
+
+    @property
+    def window_full(self) -> bool:
+        return len(self._steps) == self.window
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """r̄, σ, m̄ of the window as it is now (NaN when it is empty), plus τ and counters."""
+        n = len(self._steps)
+        if n:
+            hits = [h for _, h, _ in self._steps]
+            hit_rate = sum(hits) / n
+            reward_std = math.sqrt(max(sum((h - hit_rate) ** 2 for h in hits) / n, 0.0))
+            mean_iou = sum(m for _, _, m in self._steps) / n
+        else:
+            hit_rate = reward_std = mean_iou = math.nan
+        return {
+            "tau": self._tau,
+            "hit_rate": hit_rate,
+            "reward_std": reward_std,
+            "iou_margin": mean_iou - self._tau,
+            "mean_iou": mean_iou,
+            "window_fill": float(n),
+            "num_raises": float(self.num_raises),
+        }
+
+    def observe(self, ious: Any, progress: float | None = None) -> bool:
+        self._push(as_iou_array(ious))
+        return self._update(progress)
+
+    def _update(self, progress: float | None) -> bool:
+        return False
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python containers only, so checkpoints load with ``torch.load(weights_only=True)``."""
+        return {
+            "tau": self._tau,
+            "window": self.window,
+            "steps": [a.tolist() for a, _, _ in self._steps],
+            "num_steps": self.num_steps,
+            "num_raises": self.num_raises,
+            "events": [dict(e) for e in self.events],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["window"]) != self.window:
+            raise ValueError(f"checkpoint window {state['window']} != configured window {self.window}")
+        self._tau = float(state["tau"])
+        self.num_steps = int(state["num_steps"])
+        self.num_raises = int(state["num_raises"])
+        self.events = [dict(e) for e in state["events"]]
+        self._steps = deque(maxlen=self.window)
+        for ious in state["steps"]:
+            arr = np.asarray(ious, dtype=np.float64)
+            self._steps.append((arr, float(np.count_nonzero(arr >= self._tau)) / arr.size, float(arr.mean())))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tau={self._tau:.4g}, steps={self.num_steps}, raises={self.num_raises})"
+
+
+class ThresholdCurriculum(ThresholdSchedule):
+    """MedLoc-R1: raise τ only when the model is accurate (r̄ ≥ P_τ), stable (σ ≤ S_τ) and has margin (m̄ ≥ Δ)."""
+
+    def __init__(
+        self,
+        tau_start: float = 0.3,
+        tau_target: float = 0.8,
+        window: int = 30,
+        step: StepSchedule | None = None,
+        min_hit_rate: float | Sequence[float] = (0.8, 0.6),
+        max_reward_std: float | Sequence[float] = (0.10, 0.20),
+        min_margin: float = 0.10,
+        refresh: float = 0.5,
+        checks: Sequence[str] = CHECKS,
+    ) -> None:
+        tau_start = _check_tau("tau_start", tau_start)
+        self.tau_target = _check_tau("tau_target", tau_target)
+        if tau_start >= self.tau_target:
+            raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
+        super().__init__(tau_start, window)
+        self.tau_start = tau_start
+        self.step = PiecewiseStep() if step is None else step
+        if not callable(self.step):
+            raise ValueError(f"step must be a step schedule such as PiecewiseStep, got {step!r}")
+        self.min_hit_rate = _as_pair("min_hit_rate", min_hit_rate, 0.0, 1.0)
+        self.max_reward_std = _as_pair("max_reward_std", max_reward_std, 0.0, math.inf)
+        self.min_margin = float(min_margin)
+        if not math.isfinite(self.min_margin) or self.min_margin < 0.0:
+            raise ValueError(f"min_margin must be >= 0, got {min_margin!r}")
+        self.refresh = float(refresh)
+        if not 0.0 < self.refresh <= 1.0:
+            raise ValueError(f"refresh must lie in (0, 1], got {refresh!r}")
+        if isinstance(checks, str):
+            checks = (checks,)
+        unknown = [c for c in checks if c not in CHECKS]
+        if unknown:
+            raise ValueError(f"checks has unknown entries {unknown}; choose from {CHECKS}")
+        self.checks = tuple(checks)
+
+    @property
+    def progress(self) -> float:
+        """p = (τ − tau_start)/(tau_target − tau_start)."""
+        return (self._tau - self.tau_start) / (self.tau_target - self.tau_start)
+
+    def _interp(self, pair: tuple[float, float]) -> float:
+        return pair[0] + (pair[1] - pair[0]) * self.progress
+
+    @property
+    def stats(self) -> dict[str, float]:
+        out = super().stats
+        out["min_hit_rate"] = self._interp(self.min_hit_rate)  # P_τ
+        out["max_reward_std"] = self._interp(self.max_reward_std)  # S_τ
+        out["min_margin"] = self.min_margin  # Δ
+        return out
+
+    def ready(self, stats: dict[str, float] | None = None) -> dict[str, bool]:
+        """The outcome of each enabled check on the current window (evaluated even when it is not full)."""
+        s = self.stats if stats is None else stats
+        outcome = {
+            "accuracy": s["hit_rate"] >= s["min_hit_rate"],
+            "stability": s["reward_std"] <= s["max_reward_std"],
+            "margin": s["iou_margin"] >= s["min_margin"],
+        }
+        return {c: outcome[c] for c in self.checks}
+
+    def _update(self, progress: float | None) -> bool:
+        if self._tau >= self.tau_target or not self.window_full or not all(self.ready().values()):
+            return False
+        delta = float(self.step(self.num_raises, self.progress))
+        if not delta > 0.0:
+            raise ValueError(f"step schedule returned a non-positive step {delta!r}")
+        drop = max(1, _round_half_up(self.refresh * self.window))
+        for _ in range(min(drop, len(self._steps))):
+            self._steps.popleft()
+        return self._set_tau(min(self._tau + delta, self.tau_target))
+
+
+class FixedThreshold(ThresholdSchedule):
+    """A constant τ (VLM-R1 uses 0.5)."""
+
+    def __init__(self, tau: float = 0.5, window: int = 30) -> None:
+        super().__init__(tau, window)
+
+
+class ProgressSchedule(ThresholdSchedule):
+    """τ follows training progress, blind to performance: τ is the tau of the first (progress_upto, tau)
+    milestone with progress ≤ progress_upto. V-Triune is ``[(0.10, 0.85), (0.25, 0.95), (1.0, 0.99)]``."""
+
+    V_TRIUNE = ((0.10, 0.85), (0.25, 0.95), (1.0, 0.99))
+
+    def __init__(self, milestones: Sequence[Sequence[float]] = V_TRIUNE, window: int = 30) -> None:
+        ms = [tuple(float(v) for v in m) for m in milestones]
+        if not ms or any(len(m) != 2 for m in ms):
+            raise ValueError(f"milestones must be a non-empty list of (progress_upto, tau) pairs, got {milestones!r}")
+        uptos = [m[0] for m in ms]
+        if uptos != sorted(uptos) or len(set(uptos)) != len(uptos):
+            raise ValueError(f"milestones' progress_upto values must be strictly increasing, got {uptos}")
+        if uptos[-1] < 1.0:
+            raise ValueError(f"milestones must end with progress_upto 1.0 (the end of training), got {uptos[-1]}")
+        for i, (_, tau) in enumerate(ms):
+            _check_tau(f"milestones[{i}] tau", tau)
+        self.milestones = ms
+        super().__init__(self.tau_at(0.0), window)
+
+    def tau_at(self, progress: float) -> float:
+        for upto, tau in self.milestones:
+            if progress <= upto:
+                return tau
+        return self.milestones[-1][1]
+
+    def _update(self, progress: float | None) -> bool:
+        if progress is None:
+            raise ValueError("ProgressSchedule needs progress (fraction of training done) in observe()")
+        return self._set_tau(self.tau_at(float(progress)))
+
+
+class IntervalSchedule(ThresholdSchedule):
+    """Blind fixed-interval raises: τ += step every ``every`` observed steps, up to tau_target (the paper's
+    fixed conservative / moderate / aggressive schedules)."""
+
+    def __init__(
+        self, every: int, step: float = 0.1, tau_start: float = 0.3, tau_target: float = 0.8, window: int = 30
+    ) -> None:
+        if int(every) != every or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if not step > 0:
+            raise ValueError(f"step must be > 0, got {step!r}")
+        tau_start = _check_tau("tau_start", tau_start)
+        self.tau_target = _check_tau("tau_target", tau_target)
+        if tau_start >= self.tau_target:
+            raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
+        super().__init__(tau_start, window)
+        self.every, self.step, self.tau_start = int(every), float(step), tau_start
+
+    def _update(self, progress: float | None) -> bool:
+        if self.num_steps % self.every or self._tau >= self.tau_target:
+            return False
+        return self._set_tau(min(self._tau + self.step, self.tau_target))

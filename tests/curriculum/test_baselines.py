@@ -1,0 +1,53 @@
+import pytest
+
+from medloc_lightning.curriculum import FixedThreshold, IntervalSchedule, ProgressSchedule, ThresholdSchedule
+
+
+def test_all_schedules_share_the_interface():
+    for s in (FixedThreshold(0.5), ProgressSchedule(), IntervalSchedule(every=3)):
+        assert isinstance(s, ThresholdSchedule)
+        s.observe([0.6, 0.2], progress=0.0)
+        assert {"tau", "hit_rate", "reward_std", "iou_margin"} <= set(s.stats)
+        assert isinstance(s.state_dict(), dict)
+
+
+def test_fixed_threshold_never_moves_but_tracks_stats():
+    s = FixedThreshold(0.5)
+    assert not any(s.observe([1.0]) for _ in range(100))
+    assert s.tau == 0.5 and s.stats["hit_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "progress,tau", [(0.0, 0.85), (0.05, 0.85), (0.10, 0.85), (0.11, 0.95), (0.25, 0.95), (0.26, 0.99), (1.0, 0.99)]
+)
+def test_v_triune_progress_schedule(progress, tau):
+    s = ProgressSchedule()
+    s.observe([0.5], progress=progress)
+    assert s.tau == tau
+
+
+def test_progress_schedule_starts_at_the_first_milestone_and_needs_progress():
+    s = ProgressSchedule([(0.5, 0.3), (1.0, 0.6)])
+    assert s.tau == 0.3
+    with pytest.raises(ValueError, match="progress"):
+        s.observe([0.5])
+
+
+@pytest.mark.parametrize("milestones", [[], [(0.5, 0.3)], [(0.6, 0.3), (0.5, 0.4), (1.0, 0.5)], [(1.0, 1.3)]])
+def test_progress_schedule_rejects_bad_milestones(milestones):
+    with pytest.raises(ValueError, match="milestones"):
+        ProgressSchedule(milestones)
+
+
+def test_interval_schedule_raises_blindly_every_k_steps():
+    s = IntervalSchedule(every=3, step=0.2, tau_start=0.3, tau_target=0.8)
+    outs = [s.observe([0.0]) for _ in range(12)]  # IoU 0 everywhere: a blind schedule raises anyway
+    assert outs == [False, False, True] * 3 + [False] * 3
+    assert s.tau == 0.8 and [e["step"] for e in s.events] == [3.0, 6.0, 9.0]
+
+
+def test_interval_schedule_validation():
+    with pytest.raises(ValueError, match="every"):
+        IntervalSchedule(every=0)
+    with pytest.raises(ValueError, match="tau_start"):
+        IntervalSchedule(every=2, tau_start=0.9, tau_target=0.8)

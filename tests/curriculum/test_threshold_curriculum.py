@@ -1,0 +1,256 @@
+"""One test per rule of MedLoc-R1's curriculum, on scripted IoU streams with hand-computed expectations."""
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medloc_lightning.curriculum import PiecewiseStep, ThresholdCurriculum
+
+
+def make(**kw):
+    kw.setdefault("window", 4)
+    return ThresholdCurriculum(**kw)
+
+
+def test_paper_defaults():
+    c = ThresholdCurriculum()
+    assert (c.tau, c.tau_target, c.window, c.refresh, c.min_margin) == (0.3, 0.8, 30, 0.5, 0.10)
+    assert c.step.steps == (0.15, 0.10, 0.05)
+    assert c.min_hit_rate == (0.8, 0.6) and c.max_reward_std == (0.10, 0.20)
+    assert c.checks == ("accuracy", "stability", "margin")
+
+
+def test_window_holds_the_last_n_steps():
+    c = make(window=3)
+    for v in (0.0, 0.0, 0.0, 0.1, 0.2, 0.3):
+        c.observe([v])
+    s = c.stats
+    assert s["window_fill"] == 3
+    assert s["mean_iou"] == pytest.approx((0.1 + 0.2 + 0.3) / 3)
+
+
+def test_hit_rate_is_the_mean_of_per_step_fractions_not_the_pooled_fraction():
+    c = make(window=4)
+    c.observe([0.5, 0.0, 0.0, 0.0])  # 1/4 hit at tau 0.3
+    c.observe([0.9])  # 1/1 hit
+    # per-step mean: (0.25 + 1) / 2 = 0.625; pooled would be 2/5 = 0.4
+    assert c.stats["hit_rate"] == pytest.approx(0.625)
+
+
+def test_reward_std_is_the_population_std_of_per_step_hit_rates():
+    c = make(window=4)
+    for ious in ([0.9, 0.9], [0.9, 0.0], [0.0, 0.0]):  # hit rates 1, 0.5, 0
+        c.observe(ious)
+    expected = math.sqrt(((1 - 0.5) ** 2 + 0 + (0 - 0.5) ** 2) / 3)  # population: divide by 3, not 2
+    assert c.stats["reward_std"] == pytest.approx(expected)
+
+
+def test_iou_margin_is_mean_of_per_step_means_minus_tau():
+    c = make(window=4)
+    c.observe([0.2, 0.4, 0.6, 0.8])  # mean 0.5
+    c.observe([0.9])  # mean 0.9
+    assert c.stats["iou_margin"] == pytest.approx((0.5 + 0.9) / 2 - 0.3)
+
+
+def test_hit_uses_greater_or_equal():
+    c = make(window=4)
+    c.observe([0.3, 0.29999])
+    assert c.stats["hit_rate"] == pytest.approx(0.5)
+
+
+def test_stats_reflect_a_window_that_is_not_full():
+    c = make(window=30)
+    c.observe([0.6, 0.6])
+    s = c.stats
+    assert s["window_fill"] == 1 and s["hit_rate"] == 1.0 and s["reward_std"] == 0.0
+    assert s["iou_margin"] == pytest.approx(0.3)
+    assert c.tau == 0.3  # not evaluated: window not full
+
+
+def test_empty_window_stats_are_nan():
+    s = make().stats
+    assert math.isnan(s["hit_rate"]) and math.isnan(s["reward_std"]) and math.isnan(s["iou_margin"])
+
+
+def test_thresholds_interpolate_linearly_in_tau():
+    c = make(tau_start=0.3, tau_target=0.8, min_hit_rate=(0.8, 0.6), max_reward_std=(0.1, 0.2))
+    assert c.stats["min_hit_rate"] == pytest.approx(0.8)
+    assert c.stats["max_reward_std"] == pytest.approx(0.1)
+    c.load_state_dict({**c.state_dict(), "tau": 0.55})  # halfway
+    assert c.stats["min_hit_rate"] == pytest.approx(0.7)
+    assert c.stats["max_reward_std"] == pytest.approx(0.15)
+    c.load_state_dict({**c.state_dict(), "tau": 0.8})
+    assert c.stats["min_hit_rate"] == pytest.approx(0.6)
+
+
+def test_a_float_threshold_is_constant():
+    c = make(min_hit_rate=0.5, max_reward_std=0.3)
+    c.load_state_dict({**c.state_dict(), "tau": 0.7})
+    assert c.stats["min_hit_rate"] == 0.5 and c.stats["max_reward_std"] == 0.3
+
+
+def test_criterion_is_evaluated_only_when_the_window_is_full():
+    c = make(window=4)
+    raised = [c.observe([0.95] * 8) for _ in range(4)]
+    assert raised == [False, False, False, True]
+    assert c.tau == pytest.approx(0.45)
+
+
+def _ready_window(c, ious):
+    raised = False
+    for _ in range(c.window):
+        raised = c.observe(ious)
+    return raised
+
+
+def test_accuracy_check_blocks_and_can_be_disabled():
+    # tau 0.3, P = 0.8: 3 of 4 IoUs at 1.0 -> r̄ = 0.75 < 0.8; σ = 0; m̄ = 0.75 - 0.3 = 0.45
+    ious = [1.0, 1.0, 1.0, 0.0]
+    assert not _ready_window(make(), ious)
+    assert _ready_window(make(checks=("stability", "margin")), ious)
+
+
+def test_stability_check_blocks_and_can_be_disabled():
+    # alternate steps with hit rates 1.0 and 0.75: r̄ = 0.875 >= 0.8, σ = 0.125 > 0.10, m̄ large
+    c, d = make(), make(checks=("accuracy", "margin"))
+    outs_c, outs_d = [], []
+    for i in range(4):
+        ious = [1.0] * 4 if i % 2 == 0 else [1.0, 1.0, 1.0, 0.0]
+        outs_c.append(c.observe(ious))
+        outs_d.append(d.observe(ious))
+    assert c.stats["reward_std"] == pytest.approx(0.125)
+    assert not any(outs_c) and outs_d[-1]
+
+
+def test_margin_check_blocks_and_can_be_disabled():
+    # every IoU 0.35 >= tau: r̄ = 1, σ = 0, but m̄ = 0.05 < Δ = 0.10
+    assert not _ready_window(make(), [0.35] * 4)
+    assert _ready_window(make(checks=("accuracy", "stability")), [0.35] * 4)
+
+
+def test_only_the_reward_check():
+    # margin fails (0.35 - 0.3 = 0.05) and stability fails, yet accuracy alone raises
+    c = make(checks=("accuracy",))
+    for i in range(4):
+        c.observe([0.35] * 4 if i % 2 else [0.35, 0.35, 0.35, 0.0])
+    assert c.tau > 0.3
+
+
+def test_raise_is_capped_at_tau_target():
+    c = make(tau_start=0.7, tau_target=0.8, step=PiecewiseStep((0.15,)))
+    assert _ready_window(c, [1.0] * 4)
+    assert c.tau == 0.8
+
+
+def test_piecewise_raises_land_exactly_on_the_paper_ladder():
+    c = make(window=2)
+    taus = []
+    for _ in range(100):
+        if c.observe([1.0] * 4):
+            taus.append(c.tau)
+    assert taus == [0.45, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8]
+
+
+@pytest.mark.parametrize("refresh,window,kept", [(0.5, 30, 15), (1.0, 30, 0), (0.25, 30, 22), (0.25, 10, 7)])
+def test_refresh_drops_the_oldest_round_half_up(refresh, window, kept):
+    c = ThresholdCurriculum(window=window, refresh=refresh)
+    for _ in range(window):
+        c.observe([1.0])
+    assert c.tau > 0.3
+    assert c.stats["window_fill"] == kept
+
+
+def test_refresh_keeps_the_newest_steps_and_rereads_them_against_the_new_tau():
+    c = make(window=4, refresh=0.5)
+    for v in (0.95, 0.95, 0.40, 0.40):  # newest two have IoU 0.4
+        c.observe([v, 1.0])
+    assert c.tau == pytest.approx(0.45)
+    s = c.stats
+    assert s["window_fill"] == 2
+    assert s["mean_iou"] == pytest.approx(0.7)  # only the two newest steps: (0.4 + 1.0) / 2
+    assert s["hit_rate"] == pytest.approx(0.5)  # 0.4 < 0.45 now: each kept step hits 1 of 2
+    assert s["iou_margin"] == pytest.approx(0.7 - 0.45)
+
+
+def test_after_a_refresh_the_window_must_fill_again():
+    c = make(window=4, refresh=0.5)
+    outs = [c.observe([1.0]) for _ in range(6)]
+    assert outs == [False, False, False, True, False, True]
+
+
+def test_nothing_changes_at_tau_target():
+    c = make(window=2, tau_start=0.7, tau_target=0.8)
+    while c.tau < 0.8:
+        c.observe([1.0])
+    raises, fill = c.num_raises, c.stats["window_fill"]
+    assert not any(c.observe([1.0]) for _ in range(10))
+    assert c.tau == 0.8 and c.num_raises == raises
+    assert c.stats["window_fill"] == 2 >= fill  # the window still tracks, nothing is dropped
+
+
+def test_observe_accepts_any_shape_and_type():
+    ref = make()
+    ref.observe([0.1, 0.5, 0.9, 0.7])
+    for ious in (torch.tensor([[0.1, 0.5], [0.9, 0.7]], dtype=torch.float64), np.array([[[0.1], [0.5], [0.9], [0.7]]]), [[0.1, 0.5], [0.9, 0.7]]):
+        c = make()
+        c.observe(ious)
+        assert c.stats == ref.stats
+
+
+@pytest.mark.parametrize("bad", [[], [float("nan")], [0.5, float("inf")], torch.tensor([]), [1.5], [-0.1]])
+def test_bad_ious_raise(bad):
+    with pytest.raises(ValueError, match="ious"):
+        make().observe(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"tau_start": 0.8, "tau_target": 0.8}, "tau_start"),
+        ({"tau_start": 0.9, "tau_target": 0.5}, "tau_start"),
+        ({"tau_start": -0.1}, "tau_start"),
+        ({"tau_target": 1.2}, "tau_target"),
+        ({"window": 1}, "window"),
+        ({"window": 2.5}, "window"),
+        ({"refresh": 0.0}, "refresh"),
+        ({"refresh": 1.5}, "refresh"),
+        ({"min_margin": -0.01}, "min_margin"),
+        ({"checks": ("accuracy", "speed")}, "checks"),
+        ({"min_hit_rate": (0.8, 0.6, 0.4)}, "min_hit_rate"),
+        ({"min_hit_rate": 1.2}, "min_hit_rate"),
+        ({"max_reward_std": -0.1}, "max_reward_std"),
+    ],
+)
+def test_invalid_configuration_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ThresholdCurriculum(**kwargs)
+
+
+def _stream(seed, n):
+    rng = np.random.default_rng(seed)
+    # IoUs that improve over time so that tau rises several times
+    return [np.clip(rng.normal(0.3 + 0.7 * i / n, 0.1, size=8), 0, 1) for i in range(n)]
+
+
+def test_state_dict_round_trip_continues_identically():
+    stream = _stream(0, 300)
+    a = ThresholdCurriculum(window=10)
+    for ious in stream[:150]:
+        a.observe(ious)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = ThresholdCurriculum(window=10)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert b.stats == a.stats and b.events == a.events
+    for ious in stream[150:]:
+        assert a.observe(ious) == b.observe(ious)
+        assert a.stats == b.stats
+    assert a.num_raises >= 3  # the stream really exercised raises and refreshes
+
+
+def test_state_dict_rejects_a_different_window():
+    with pytest.raises(ValueError, match="window"):
+        ThresholdCurriculum(window=10).load_state_dict(ThresholdCurriculum(window=30).state_dict())

@@ -1,0 +1,43 @@
+"""Run by tests/test_callback.py: 2-process DDP (gloo, CPU); each rank dumps what it saw and its curriculum."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import lightning.pytorch as pl
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from toy_modules import ScriptedModule, ScriptedIoUs  # noqa: E402
+
+from medloc_lightning import ThresholdCurriculumCallback  # noqa: E402
+from medloc_lightning.curriculum import ThresholdCurriculum  # noqa: E402
+
+
+class Recording(ScriptedModule):
+    def __init__(self):
+        super().__init__()
+        self.local: list[list[float]] = []
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.local.append(batch.reshape(-1).tolist())
+        return out
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=4))
+    module = Recording()
+    loader = torch.utils.data.DataLoader(ScriptedIoUs(n=24, per_item=3), batch_size=1, shuffle=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=12, logger=False, callbacks=[cb],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=out)
+    trainer.fit(module, loader)
+    rank = trainer.global_rank
+    (out / f"rank{rank}.json").write_text(json.dumps(
+        {"local": module.local, "taus": module.seen_taus + [cb.schedule.tau], "state": cb.schedule.state_dict()}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,246 @@
+"""Rewards: each kind at and around tau, weights and validation, and the TRL reward-function adapter."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import pytest
+import torch
+
+from medloc_lightning.boxes import ImageGeometry, box_iou
+from medloc_lightning.parsing import format_answer
+from medloc_lightning.rewards import (
+    GroundingReward,
+    TRLRewardFunction,
+    blended_reward,
+    format_reward,
+    gated_iou_reward,
+    iou_reward,
+    threshold_reward,
+)
+
+IOUS = torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0])
+
+
+def test_threshold_reward_uses_greater_or_equal() -> None:
+    assert threshold_reward(IOUS, 0.5).tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert threshold_reward([0.4999], 0.5).tolist() == [0.0]
+    assert threshold_reward(IOUS, 0.0).tolist() == [1.0] * 5  # an unparsed answer (IoU 0) hits tau = 0
+    assert threshold_reward(IOUS, 1.0).tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert threshold_reward(IOUS.double(), 0.5).dtype == torch.float64
+
+
+def test_iou_gated_and_blended_rewards() -> None:
+    assert iou_reward(IOUS).tolist() == IOUS.tolist()
+    assert gated_iou_reward(IOUS, 0.5).tolist() == [0.0, 0.0, 0.5, pytest.approx(0.7), 1.0]
+    blend = blended_reward(torch.tensor([0.2, 0.6]), 0.5, alpha=0.25)
+    torch.testing.assert_close(blend, torch.tensor([0.25 * 0.2, 0.75 + 0.25 * 0.6]))
+    assert blended_reward(IOUS, 0.5, alpha=0.0).tolist() == threshold_reward(IOUS, 0.5).tolist()
+    torch.testing.assert_close(blended_reward(IOUS, 0.5, alpha=1.0), IOUS)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: threshold_reward([float("nan")], 0.5),
+        lambda: iou_reward([1.5]),
+        lambda: gated_iou_reward([-0.1], 0.5),
+        lambda: threshold_reward([0.5], 1.5),
+        lambda: threshold_reward([0.5], float("nan")),
+        lambda: blended_reward([0.5], 0.5, alpha=2.0),
+    ],
+)
+def test_reward_functions_reject_bad_values(call: Any) -> None:
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_format_reward() -> None:
+    ok = format_answer((1, 2, 3, 4), think="t")
+    texts = [ok, format_answer((1, 2, 3, 4)), "garbage"]
+    assert format_reward(texts).tolist() == [1.0, 0.0, 0.0]
+    assert format_reward(texts, require_think=False).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_grounding_reward_kinds_and_weights() -> None:
+    texts = [format_answer((1, 2, 3, 4), think="t"), "junk", "junk", "junk", "junk"]
+    for kind, expected in [
+        ("threshold", threshold_reward(IOUS, 0.5)),
+        ("iou", IOUS),
+        ("gated_iou", gated_iou_reward(IOUS, 0.5)),
+        ("blend", blended_reward(IOUS, 0.5, 0.3)),
+    ]:
+        reward = GroundingReward(kind=kind, accuracy_weight=2.0, format_weight=0.5, blend_alpha=0.3)
+        total, parts = reward(IOUS, 0.5, texts)
+        torch.testing.assert_close(parts["accuracy"], expected)
+        assert parts["format"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+        torch.testing.assert_close(total, 2.0 * expected + 0.5 * parts["format"])
+    total, parts = GroundingReward()(IOUS, 0.5)  # defaults: threshold, no format term, texts optional
+    assert total.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert parts["format"].tolist() == [0.0] * 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(kind="soft"), "kind"),
+        (dict(accuracy_weight=-1.0), "accuracy_weight"),
+        (dict(format_weight=float("inf")), "format_weight"),
+        (dict(format_weight="1"), "format_weight"),
+        (dict(blend_alpha=1.5), "blend_alpha"),
+        (dict(require_think="yes"), "require_think"),
+    ],
+)
+def test_grounding_reward_validation_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        GroundingReward(**kwargs)
+
+
+def test_grounding_reward_needs_texts_for_format_weight() -> None:
+    with pytest.raises(ValueError, match="texts"):
+        GroundingReward(format_weight=0.1)(IOUS, 0.5)
+    with pytest.raises(ValueError, match="texts"):
+        GroundingReward()(IOUS, 0.5, ["one text"])
+
+
+# --- TRL adapter ------------------------------------------------------------------------------------------
+
+GT = [10.0, 20.0, 110.0, 220.0]  # 100 x 200
+
+
+class RecordingSchedule:
+    """A minimal schedule: raises tau by 0.1 on every observe and records what it saw."""
+
+    def __init__(self, tau: float = 0.5) -> None:
+        self.tau = tau
+        self.seen: list[tuple[list[float], float | None]] = []
+
+    def observe(self, ious: Any, progress: float | None = None) -> bool:
+        self.seen.append((torch.as_tensor(ious).tolist(), progress))
+        self.tau = round(self.tau + 0.1, 10)
+        return True
+
+
+def _answers(*boxes: Any) -> list[str]:
+    return [format_answer(b, think="t") if b is not None else "I cannot tell." for b in boxes]
+
+
+def test_trl_adapter_scores_strings_and_messages() -> None:
+    half = (10, 20, 110, 120)  # IoU 0.5 with GT
+    completions = _answers(GT, half, (10, 20, 60, 120), None)
+    fn = TRLRewardFunction(tau=0.5)
+    expected = [1.0, 1.0, 0.0, 0.0]
+    assert fn(prompts=["p"] * 4, completions=completions, solution=[GT] * 4) == expected
+    messages = [[{"role": "assistant", "content": c}] for c in completions]
+    assert fn(prompts=["p"] * 4, completions=messages, solution=[GT] * 4) == expected
+    parts = [[{"role": "assistant", "content": [{"type": "text", "text": c}]}] for c in completions]
+    assert fn(prompts=["p"] * 4, completions=parts, solution=[GT] * 4) == expected
+    # VLM-R1 keeps the ground truth as an answer string
+    assert fn(["p"] * 4, completions, solution=[f"<answer> {GT} </answer>"] * 4) == expected
+
+
+def test_trl_adapter_reward_kinds_and_format_weight() -> None:
+    completions = _answers(GT, (10, 20, 110, 120)) + [format_answer((10, 20, 110, 120))]  # last: no <think>
+    fn = TRLRewardFunction(GroundingReward(kind="iou", format_weight=0.5), tau=0.9, bbox_column="bbox")
+    got = fn(["p"] * 3, completions, bbox=[GT] * 3)
+    assert got == pytest.approx([1.5, 1.0, 0.5])
+
+
+def test_trl_adapter_maps_model_pixels_back_with_sizes() -> None:
+    width, height, max_pixels = 1000, 600, 128 * 28 * 28
+    geometry = ImageGeometry.from_size(width, height, max_pixels=max_pixels)
+    assert (geometry.resized_width, geometry.resized_height) != (width, height)
+    in_model = geometry.to_model(GT)
+    completions = _answers(in_model, GT)
+    fn = TRLRewardFunction(GroundingReward(kind="iou"), max_pixels=max_pixels)
+    mapped = fn(["p", "p"], completions, solution=[GT, GT], width=[width] * 2, height=[height] * 2)
+    # the answer holds integer model pixels, so the mapped-back box is off by under one model pixel
+    back = geometry.to_original(tuple(round(v) for v in in_model))
+    assert mapped[0] == pytest.approx(box_iou(torch.tensor(back), torch.tensor(GT)).item(), abs=1e-6)
+    assert mapped[0] > 0.97
+    assert mapped[1] < 0.7  # a box already in original pixels is wrong once sizes are given
+    plain = fn(["p", "p"], completions, solution=[GT, GT])  # no size columns: taken as GT pixels
+    assert plain[1] == 1.0 and plain[0] < 0.7
+
+
+def test_trl_adapter_errors_name_the_problem() -> None:
+    fn = TRLRewardFunction()
+    with pytest.raises(ValueError, match="solution"):
+        fn(["p"], _answers(GT), bbox=[GT])
+    with pytest.raises(ValueError, match="row 1"):
+        fn(["p", "p"], _answers(GT, GT), solution=[GT, [1, 2, 3]])
+    with pytest.raises(ValueError, match="row 0"):
+        fn(["p"], _answers(GT), solution=["<answer>none</answer>"])
+    with pytest.raises(ValueError, match="1 completions but 2 rows"):
+        fn(["p"], _answers(GT), solution=[GT, GT])
+    with pytest.raises(ValueError, match="width"):
+        fn(["p"], _answers(GT), solution=[GT], width=[100])
+    with pytest.raises(ValueError, match="row 0"):
+        fn(["p"], _answers(GT), solution=[GT], width=[0], height=[100])
+    with pytest.raises(ValueError, match="completion 0"):
+        fn(["p"], [42], solution=[GT])
+    with pytest.raises(ValueError, match="tau"):
+        TRLRewardFunction(tau=1.2)
+
+
+def test_trl_adapter_rewards_under_current_tau_then_observes() -> None:
+    from transformers import TrainerState
+
+    schedule = RecordingSchedule(tau=0.5)
+    fn = TRLRewardFunction(schedule=schedule)
+    completions = _answers(GT, (10, 20, 110, 120), None)  # IoUs 1, 0.5, 0
+    state = TrainerState(global_step=5, max_steps=20)
+    assert fn(["p"] * 3, completions, solution=[GT] * 3, trainer_state=state) == [1.0, 1.0, 0.0]
+    assert schedule.seen == [([1.0, 0.5, 0.0], 0.25)]
+    assert fn.tau == pytest.approx(0.6)
+    # the raise takes effect on the next call: IoU 0.5 now misses
+    assert fn(["p"] * 3, completions, solution=[GT] * 3) == [1.0, 0.0, 0.0]
+    assert schedule.seen[1][1] is None  # no trainer_state, no progress
+    # evaluation calls are not observed once is_training says so
+    fn.is_training = lambda: False
+    fn(["p"] * 3, completions, solution=[GT] * 3)
+    assert len(schedule.seen) == 2
+
+
+def test_trl_adapter_follows_trls_reward_function_convention() -> None:
+    from transformers import TrainerState
+    from trl.trainer.utils import get_callable_name, is_async_callable
+
+    fn = TRLRewardFunction(schedule=RecordingSchedule(), name="medloc_iou")
+    assert get_callable_name(fn) == "medloc_iou"
+    assert not is_async_callable(fn)
+    logged: dict[str, list[float]] = {}
+    extras: dict[str, list] = {}
+    # Keyword arguments exactly as GRPOTrainer._calculate_rewards passes them (trl 1.x).
+    out = fn(
+        prompts=[[{"role": "user", "content": "find it"}]] * 2,
+        completions=[[{"role": "assistant", "content": c}] for c in _answers(GT, None)],
+        completion_ids=[[1, 2], [3]],
+        solution=[GT, GT],
+        image=[None, None],
+        trainer_state=TrainerState(global_step=1, max_steps=10),
+        log_extra=lambda column, values: extras.setdefault(column, values),
+        log_metric=lambda name, value: logged.setdefault(name, []).append(value),
+    )
+    assert isinstance(out, list) and len(out) == 2 and all(type(v) is float for v in out)
+    assert out == [1.0, 0.0]
+    assert logged["curriculum/tau"] == [0.5]
+    assert logged["curriculum/mean_iou"] == [0.5]
+
+
+def test_trl_adapter_all_gathers_under_torch_distributed() -> None:
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'store')}", rank=0, world_size=1)
+        try:
+            schedule = RecordingSchedule()
+            fn = TRLRewardFunction(schedule=schedule)
+            assert fn(["p", "p"], _answers(GT, None), solution=[GT, GT]) == [1.0, 0.0]
+            assert schedule.seen == [([1.0, 0.0], None)]
+        finally:
+            dist.destroy_process_group()
+    assert math.isclose(schedule.tau, 0.6)

@@ -1,0 +1,77 @@
+"""Small LightningModules that keep the curriculum callback's two-line contract (shared by several tests)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import lightning.pytorch as pl
+
+from medloc_lightning.boxes import box_iou
+
+
+class ScriptedIoUs(Dataset):
+    """Item i is a fixed, seeded vector of IoUs: lets tests know exactly what the callback must observe."""
+
+    def __init__(self, n: int = 24, per_item: int = 4, seed: int = 0, ramp: bool = True) -> None:
+        g = torch.Generator().manual_seed(seed)
+        base = torch.linspace(0.2, 1.0, n) if ramp else torch.full((n,), 0.5)
+        self.items = [(base[i] + 0.1 * torch.randn(per_item, generator=g)).clamp(0, 1) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.items[i]
+
+
+class ScriptedModule(pl.LightningModule):
+    """The batch *is* this step's IoUs; a real parameter is trained so optimizers and checkpoints are real."""
+
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+        self.lr = lr
+        self.iou_threshold = 0.99  # overwritten by the callback before the first step
+        self.seen_taus: list[float] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
+        self.seen_taus.append(float(self.iou_threshold))
+        rewards = (batch >= self.iou_threshold).float()
+        loss = ((self.w - rewards.mean()) ** 2).sum()
+        return {"loss": loss, "ious": batch}
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+
+def scripted_loader(n: int = 24, per_item: int = 4, batch_size: int = 1, seed: int = 0) -> DataLoader:
+    return DataLoader(ScriptedIoUs(n, per_item, seed), batch_size=batch_size, shuffle=False)
+
+
+class GaussianBoxRL(pl.LightningModule):
+    """A genuine (tiny) GRPO-style learner: a Gaussian over one box, rewarded 1[IoU >= tau]."""
+
+    def __init__(self, group: int = 32, lr: float = 0.1, std: float = 4.5) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.tensor([20.0, 20.0, 60.0, 60.0]))
+        self.log_std = nn.Parameter(torch.tensor(float(std)).log())
+        self.target = torch.tensor([30.0, 30.0, 50.0, 50.0])
+        self.group, self.lr = group, lr
+        self.iou_threshold = 0.5
+
+    def training_step(self, batch, batch_idx):
+        dist = torch.distributions.Normal(self.mu, self.log_std.exp())
+        boxes = dist.sample((self.group,))
+        ious = box_iou(boxes, self.target.expand_as(boxes))
+        rewards = (ious >= self.iou_threshold).float()
+        adv = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+        loss = -(adv * dist.log_prob(boxes).sum(-1)).mean()
+        return {"loss": loss, "ious": ious}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def dummy_loader(n: int) -> DataLoader:
+    return DataLoader(torch.zeros(n, 1), batch_size=1)
