@@ -1,0 +1,27 @@
+"""Grounding data: the JSONL record schema and its validation, GroundingDataModule, converters, `medloc-data`.
+
+The Lightning/HF-datasets side is imported lazily so the schema, converters and CLI stay light to import.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from medloc_lightning.data.schema import Problem, Record, read_records, validate_records
+
+_LAZY = {
+    "GroundingDataModule": "medloc_lightning.data.datamodule",
+    "SyntheticDataModule": "medloc_lightning.data.datamodule",
+    "GroundingDataset": "medloc_lightning.data.datamodule",
+    "RecordError": "medloc_lightning.data.datamodule",
+    "collate_records": "medloc_lightning.data.datamodule",
+    "load_record_file": "medloc_lightning.data.datamodule",
+}
+
+__all__ = ["Problem", "Record", "read_records", "validate_records", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medloc_lightning.data' has no attribute {name!r}")

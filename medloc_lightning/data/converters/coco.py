@@ -1,0 +1,153 @@
+"""`medloc-data coco`: COCO detection annotations -> grounding records ("the {category name}").
+
+A grounding query must name exactly one box, so an image holding several instances of one category (or a
+crowd region of it) is ambiguous: by default those instances are skipped and reported; ``--multi largest``
+keeps the largest instance with the query "the largest {name}". Crowd regions (``iscrowd=1``) mark groups,
+not objects, and are never emitted. Boxes go from ``[x, y, w, h]`` to ``[x, y, x + w, y + h]``; the split is
+drawn per image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, add_output_arguments,
+                                                     add_record_arguments, clip_to_image, finish, guarded,
+                                                     require_dir, require_file)
+from medloc_lightning.data.images import image_size
+
+
+def load_coco(path: str) -> dict[str, Any]:
+    """The annotation JSON with ``images``, ``annotations`` and ``categories`` lists; ConversionError if not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            coco = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"--annotations {path}: {err}") from err
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")):
+        raise ConversionError(f"--annotations {path}: expected an object with 'images', 'annotations' and 'categories' lists")
+    return coco
+
+
+def coco_box(ann: dict[str, Any], width: int, height: int) -> tuple[list[float] | None, str]:
+    """``([x1, y1, x2, y2], "")`` clipped to the image, or ``(None, reason)``."""
+    bbox = ann.get("bbox")
+    if (not isinstance(bbox, list) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+        return None, f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        return None, f"empty bbox [x, y, w, h] = {bbox}"
+    return clip_to_image((x, y, x + w, y + h), width, height)
+
+
+def _image_size_checked(info: dict[str, Any], path: str) -> tuple[tuple[int, int] | None, str]:
+    if not os.path.isfile(path):
+        return None, "image file not found"
+    try:
+        size = image_size(path)
+    except Exception as err:
+        return None, f"unreadable image: {err}"
+    declared = (info.get("width"), info.get("height"))
+    if declared != (None, None) and declared != size:  # some exports omit the size; then the file decides
+        return None, f"the annotations say {info.get('width')}x{info.get('height')} but the image is {size[0]}x{size[1]}"
+    return size, ""
+
+
+def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip], list[str]]:
+    """Items (grouped by image), skips and notes."""
+    images_dir = require_dir(args.images, "--images")
+    coco = load_coco(require_file(args.annotations, "--annotations"))
+    categories = {c.get("id"): str(c.get("name", "")).replace("_", " ").strip() for c in coco["categories"]
+                  if isinstance(c, dict)}
+    images = {i.get("id"): i for i in coco["images"] if isinstance(i, dict)}
+    by_image: dict[Any, dict[Any, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    skips = []
+    where = f"{args.annotations}: annotation"
+    for ann in coco["annotations"]:
+        if not isinstance(ann, dict):
+            skips.append(Skip(f"{args.annotations}", f"annotation is not an object: {ann!r:.60}"))
+        elif ann.get("image_id") not in images:
+            skips.append(Skip(f"{where} {ann.get('id')}", f"unknown image_id {ann.get('image_id')!r}"))
+        elif not categories.get(ann.get("category_id")):
+            skips.append(Skip(f"{where} {ann.get('id')}", f"unknown or unnamed category_id {ann.get('category_id')!r}"))
+        else:
+            by_image[ann["image_id"]][ann["category_id"]].append(ann)
+    items = []
+    for image_id in sorted(by_image, key=str):
+        info = images[image_id]
+        path = os.path.join(images_dir, str(info.get("file_name", "")))
+        size, reason = _image_size_checked(info, path)
+        groups = by_image[image_id]
+        if size is None:
+            n = sum(len(v) for v in groups.values())
+            skips.append(Skip(path, f"{reason} ({n} annotations not converted)"))
+            continue
+        for category_id in sorted(groups, key=str):
+            items += _convert_group(args, image_id, path, size, categories[category_id], groups[category_id], skips)
+    referenced = {a.get("image_id") for a in coco["annotations"] if isinstance(a, dict)}
+    unannotated = sum(image_id not in referenced for image_id in images)
+    notes = [f"{unannotated} images have no annotations (nothing to convert)"] if unannotated else []
+    return items, skips, notes
+
+
+def _convert_group(args: argparse.Namespace, image_id: Any, path: str, size: tuple[int, int], name: str,
+                   anns: list[dict[str, Any]], skips: list[Skip]) -> list[Item]:
+    """The record(s) of one category in one image, following ``--multi``; everything else goes to ``skips``."""
+    crowd = [a for a in anns if a.get("iscrowd")]
+    boxes = []
+    for ann in anns:
+        if ann.get("iscrowd"):
+            continue
+        box, reason = coco_box(ann, *size)
+        if box is None:
+            skips.append(Skip(f"{path} (annotation {ann.get('id')})", reason))
+        else:
+            boxes.append((ann, box))
+    for ann in crowd:
+        skips.append(Skip(f"{path} (annotation {ann.get('id')})", f"crowd region of '{name}' (iscrowd=1) is never emitted"))
+    if not boxes:
+        return []
+    query = f"the {name}"
+    if len(boxes) > 1 or crowd:
+        what = f"{len(boxes)} instances" + (" and a crowd region" if crowd else "")
+        if args.multi == "skip" or crowd:
+            why = "; --multi largest cannot rank a crowd region" if crowd and args.multi == "largest" else (
+                "; use --multi largest to keep the largest")
+            skips += [Skip(f"{path} (annotation {a.get('id')})", f"{what} of '{name}' in one image: "
+                           f"the query '{query}' would be ambiguous{why}") for a, _ in boxes]
+            return []
+        boxes.sort(key=lambda ab: (-(ab[1][2] - ab[1][0]) * (ab[1][3] - ab[1][1]), str(ab[0].get("id"))))
+        skips += [Skip(f"{path} (annotation {a.get('id')})", f"not the largest of {what} of '{name}' (--multi largest)")
+                  for a, _ in boxes[1:]]
+        boxes, query = boxes[:1], f"the largest {name}"
+    ann, box = boxes[0]
+    record = {"id": f"{image_id}-{ann.get('id')}", "image": path, "query": query, "bbox": box,
+              "width": size[0], "height": size[1], "label": name}
+    record.update({k: v for k, v in (("dataset", args.dataset), ("modality", args.modality)) if v})
+    return [Item(record, group=str(image_id))]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI arguments of ``medloc-data coco``."""
+    parser.description = ("Convert COCO detection annotations into grounding records with the query 'the {category}'; "
+                          "ambiguous instances (several of one category in an image) are skipped by default.")
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder that file_name entries are relative to")
+    parser.add_argument("--annotations", required=True, metavar="FILE.json", help="COCO instances JSON")
+    parser.add_argument("--multi", choices=("skip", "largest"), default="skip",
+                        help="several instances of one category in an image: skip them all (default, reported) "
+                             "or keep the largest box with the query 'the largest {name}'")
+    add_record_arguments(parser, dataset="coco")
+    add_output_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and write; the exit code is that of ``common.finish`` (2 on fatal input errors)."""
+    def body() -> int:
+        items, skips, notes = convert(args)
+        return finish(args, items, skips, inputs=[args.annotations], notes=notes)
+    return guarded(body)

@@ -1,0 +1,213 @@
+"""Converter plumbing shared by every source: CLI options, seeded grouped splits, skip reports, JSONL writing.
+
+A converter builds :class:`Item` s (one schema record each, image path absolute) and :class:`Skip` s (one per
+thing it could not convert), then hands both to :func:`finish`, which reports, splits and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
+
+SPLIT_NAMES = ("train", "val", "test")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ConversionError(Exception):
+    """A fatal input problem (missing folder, unreadable metadata): the converter writes nothing, exit 2."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something that could not be converted: where it is and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Item:
+    """One converted record plus how to split it: items sharing ``group`` always land in the same split."""
+
+    record: dict[str, Any]
+    group: str
+    split: str | None = None  # an official split; None = drawn by the seeded split
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, ratios: bool = True, test_ratio: bool = True) -> None:
+    """``--out``, ``--strict``, ``--absolute-paths`` and (when the split is drawn) ``--seed`` and the ratios."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for train/val/test.jsonl")
+    if ratios:
+        parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+        parser.add_argument("--val-ratio", type=float, default=0.1, help="fraction of groups for val (default 0.1)")
+        if test_ratio:
+            parser.add_argument("--test-ratio", type=float, default=0.1,
+                                help="fraction of groups for test (default 0.1)")
+    parser.add_argument("--strict", action="store_true",
+                        help="if anything could not be converted, write nothing and exit 1 (default: skip, report, exit 0)")
+    parser.add_argument("--absolute-paths", action="store_true",
+                        help="write absolute image paths (default: relative to --out)")
+
+
+def add_record_arguments(parser: argparse.ArgumentParser, dataset: str | None = None) -> None:
+    """Optional ``--dataset`` / ``--modality`` copied into every record."""
+    parser.add_argument("--dataset", default=dataset, help=f"dataset name stored in each record (default {dataset})")
+    parser.add_argument("--modality", default=None, help="modality stored in each record, e.g. xray (default none)")
+
+
+def phrase(key: str, templates: Sequence[str], **names: str) -> str:
+    """Pick one template by a stable hash of ``key`` (not Python's salted ``hash``) and fill it in."""
+    digest = int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16)
+    return templates[digest % len(templates)].format(**names)
+
+
+def split_groups(groups: Iterable[str], seed: int, val_ratio: float, test_ratio: float) -> dict[str, str]:
+    """Map each distinct group to train/val/test: sort, shuffle with ``random.Random(seed)``, cut by ratio.
+
+    Counts are ``round(n * ratio)`` (val capped so train may be empty but never negative), so the split is
+    exact and independent of the file system's listing order.
+    """
+    if val_ratio < 0 or test_ratio < 0 or val_ratio + test_ratio > 1:
+        raise ConversionError(f"--val-ratio {val_ratio} and --test-ratio {test_ratio} must be >= 0 and sum to <= 1")
+    order = sorted(set(groups))
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_test = int(n * test_ratio + 0.5)
+    n_val = min(int(n * val_ratio + 0.5), n - n_test)
+    out = {g: "test" for g in order[:n_test]}
+    out.update({g: "val" for g in order[n_test:n_test + n_val]})
+    out.update({g: "train" for g in order[n_test + n_val:]})
+    return out
+
+
+def assign_splits(items: Sequence[Item], seed: int = 0, val_ratio: float = 0.0,
+                  test_ratio: float = 0.0) -> dict[str, list[dict[str, Any]]]:
+    """Records per split, each sorted by id; items without an official split are drawn by group."""
+    drawn = split_groups([i.group for i in items if i.split is None], seed, val_ratio, test_ratio)
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLIT_NAMES}
+    for item in items:
+        splits[item.split or drawn[item.group]].append(item.record)
+    for records in splits.values():
+        records.sort(key=lambda r: r["id"])
+    return splits
+
+
+def output_image_path(image: str, out_dir: str, absolute: bool = False) -> str:
+    """The path to write: relative to ``out_dir`` (may contain ``..``), or absolute if asked or impossible."""
+    image = os.path.abspath(image)
+    if absolute:
+        return image
+    try:
+        return os.path.relpath(image, os.path.abspath(out_dir))
+    except ValueError:  # Windows: another drive has no relative path
+        return image
+
+
+def clip_to_image(box: Sequence[float], width: int, height: int) -> tuple[list[float] | None, str]:
+    """``(box clipped to the image, "")`` when it sticks out by at most the schema's tolerance, else ``(None, reason)``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not x1 < x2 or not y1 < y2:
+        return None, f"degenerate box {list(box)} (needs x1 < x2 and y1 < y2)"
+    tol = BBOX_TOLERANCE
+    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+        return None, f"box {list(box)} lies outside the {width}x{height} image"
+    return [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)], ""
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
+    """Order-preserving thread-pool map for image/mask decoding (PIL and numpy release the GIL)."""
+    if len(items) < 8:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))
+
+
+def require_dir(path: str, option: str) -> str:
+    """``path`` if it is a folder, else a :class:`ConversionError` naming the option."""
+    if not os.path.isdir(path):
+        raise ConversionError(f"{option} {path}: not a folder")
+    return path
+
+
+def require_file(path: str, option: str) -> str:
+    """``path`` if it is a file, else a :class:`ConversionError` naming the option."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{option} {path}: file not found")
+    return path
+
+
+def _check_items(items: Sequence[Item]) -> tuple[list[Item], list[Skip]]:
+    """Schema safety net: drop (and report) records that ``validate`` would reject, and repeated ids."""
+    kept, skips, seen = [], [], set()
+    for item in items:
+        problems = check_fields(item.record, "", 0)
+        if problems:
+            skips.append(Skip(str(item.record.get("image")), "; ".join(f"{p.field}: {p.reason}" for p in problems)))
+        elif item.record["id"] in seen:
+            skips.append(Skip(item.record["image"], f"duplicate id {item.record['id']!r}"))
+        else:
+            seen.add(item.record["id"])
+            kept.append(item)
+    return kept, skips
+
+
+def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> None:
+    """Write records one per line via a temporary file, so a crash never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def finish(args: argparse.Namespace, items: Sequence[Item], skips: Sequence[Skip], inputs: Sequence[str] = (),
+           notes: Sequence[str] = ()) -> int:
+    """Report skips (stderr), split, write ``train/val/test.jsonl`` (always all three), print counts.
+
+    Returns 0, or 1 under ``--strict`` when anything was skipped (then nothing is written).
+    """
+    out = os.path.abspath(args.out)
+    targets = [os.path.join(out, f"{name}.jsonl") for name in SPLIT_NAMES]
+    for target in targets:
+        for source in inputs:
+            if os.path.exists(target) and os.path.exists(source) and os.path.samefile(target, source):
+                raise ConversionError(f"--out {args.out} would overwrite the input {source}")
+    items, bad = _check_items(items)
+    skips = [*skips, *bad]
+    for skip in skips:
+        print(f"skipped {skip}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if skips and getattr(args, "strict", False):
+        print(f"{len(skips)} items could not be converted (listed above); --strict: nothing written", file=sys.stderr)
+        return 1
+    splits = assign_splits(items, getattr(args, "seed", 0), getattr(args, "val_ratio", 0.0),
+                           getattr(args, "test_ratio", 0.0))
+    os.makedirs(out, exist_ok=True)
+    absolute = getattr(args, "absolute_paths", False)
+    for name, target in zip(SPLIT_NAMES, targets):
+        write_jsonl(target, ({**r, "image": output_image_path(r["image"], out, absolute)} for r in splits[name]))
+    counts = "  ".join(f"{name}: {len(splits[name])}" for name in SPLIT_NAMES)
+    print(f"wrote {out}/{{train,val,test}}.jsonl  {counts}  skipped: {len(skips)}")
+    return 0
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """Run a converter body; a :class:`ConversionError` becomes ``error: ...`` on stderr and exit code 2."""
+    try:
+        return body()
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

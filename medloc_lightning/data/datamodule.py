@@ -1,0 +1,268 @@
+"""GroundingDataModule: JSONL record files -> validated HF datasets -> DataLoaders of record lists.
+
+Metadata is checked once at ``setup`` (the same checks as ``medloc-data validate``); images are decoded
+lazily per item and checked again there, because setup may have run with ``check_images=False``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from medloc_lightning.data.images import load_rgb
+from medloc_lightning.data.schema import OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems, read_records
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "predict")
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+class RecordError(ValueError):
+    """A record that fails at load time; the message names file, line and field."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def _features() -> Any:
+    import datasets
+
+    text = datasets.Value("string")
+    sequence = getattr(datasets, "List", None) or datasets.Sequence  # List is new in datasets 4
+    return datasets.Features({
+        "id": text, "image": text, "query": text, "bbox": sequence(datasets.Value("float64")),
+        "width": datasets.Value("int64"), "height": datasets.Value("int64"),
+        "dataset": text, "modality": text, "label": text, "line": datasets.Value("int64"),
+    })
+
+
+def records_to_hf(records: Sequence[Record]) -> Any:
+    """Checked records -> in-memory ``datasets.Dataset`` via ``load_dataset("json")``.
+
+    The records are re-written in normalized form (floats, resolved paths, source line) to a private
+    temporary folder that also serves as the HF cache and is deleted afterwards: nothing is written to
+    the user's HF cache, nothing is fetched (works offline), and no file stays open (fork-safe).
+    """
+    import datasets
+
+    features = _features()
+    if not records:
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    tmp = tempfile.mkdtemp(prefix="medloc-data-")
+    progress_was_on = not datasets.utils.are_progress_bars_disabled()
+    try:
+        path = os.path.join(tmp, "records.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for r in records:
+                row = {**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line}  # all columns
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        datasets.disable_progress_bars()
+        return datasets.load_dataset("json", data_files=path, split="train", features=features,
+                                     cache_dir=os.path.join(tmp, "cache"), keep_in_memory=True)
+    finally:
+        if progress_was_on:
+            datasets.enable_progress_bars()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class GroundingDataset(torch.utils.data.Dataset):
+    """The records of one JSONL file; ``ds[i]`` decodes the image (RGB) and returns a record dict."""
+
+    def __init__(self, table: Any, file: str) -> None:
+        self.table = table
+        self.file = file
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.table[int(index)]
+        path, line = row["image"], row["line"]
+        if not os.path.isfile(path):
+            raise RecordError(Problem(self.file, line, "image", f"file not found: {path}"))
+        try:
+            image = load_rgb(path)
+        except Exception as err:  # PIL raises several types for corrupt data
+            raise RecordError(Problem(self.file, line, "image", f"cannot decode {path}: {err}")) from err
+        if image.width != row["width"]:
+            raise RecordError(Problem(self.file, line, "width", f"is {row['width']} but {path} is {image.width} px wide"))
+        if image.height != row["height"]:
+            raise RecordError(Problem(self.file, line, "height", f"is {row['height']} but {path} is {image.height} px high"))
+        record = {"id": row["id"], "image": image, "query": row["query"], "bbox": list(row["bbox"]),
+                  "width": row["width"], "height": row["height"], "image_path": path}
+        record.update({k: row[k] for k in OPTIONAL_FIELDS if row[k] is not None})
+        return record
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose next iteration can start part-way through the epoch's order.
+
+    Lightning resumes a mid-epoch checkpoint at the right batch index but restarts a plain loader from
+    its first batch; setting ``skip`` (in indices) makes the resumed epoch see exactly the batches the
+    interrupted one had not reached yet. It applies to one iteration only.
+    """
+
+    skip: int = 0
+
+    def __iter__(self):  # type: ignore[override]
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+def collate_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep a batch as a list of record dicts: the policy's processor owns resizing, so nothing is stacked."""
+    return list(batch)
+
+
+def load_record_file(file: str, image_root: str | None = None, check_images: bool = True, skip_invalid: bool = False,
+                     max_records: int | None = None, name: str = "records") -> tuple[GroundingDataset, list[Problem]]:
+    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping."""
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{name}: record file not found: {file}")
+    records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records)
+    if problems:
+        n_bad = count_bad_records(problems)
+        summary = (f"{name} {file}: {n_bad} of {n_bad + len(records)} records are invalid "
+                   f"({len(problems)} problems):\n{format_problems(problems)}")
+        if not skip_invalid:
+            raise ValueError(f"{summary}\nFix them (`medloc-data validate {file}` lists all) or pass skip_invalid=True.")
+        warnings.warn(f"skipping invalid records: {summary}", UserWarning, stacklevel=2)
+        log.warning("skipped %d invalid records of %s", n_bad, file)
+    return GroundingDataset(records_to_hf(records), file), problems
+
+
+class GroundingDataModule(pl.LightningDataModule):
+    """Train/val/test/predict JSONL record files as DataLoaders of ``list[dict]`` batches (see docs/data.md).
+
+    Training order is a permutation drawn from ``seed + epoch`` and split across ranks like a
+    ``DistributedSampler`` (the sampler is one, so Lightning keeps it): the same seed gives the same
+    global order on any number of ranks, with disjoint shards. Invalid records raise at ``setup`` unless
+    ``skip_invalid=True``, which skips them with a warning and counts them in ``skipped``/``problems``.
+    """
+
+    def __init__(self, train_file: str | None = None, val_file: str | None = None, test_file: str | None = None,
+                 predict_file: str | None = None, image_root: str | None = None, batch_size: int = 2,
+                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
+                 skip_invalid: bool = False, check_images: bool = True, max_records: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
+        self.image_root = image_root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle = shuffle
+        self.skip_invalid = skip_invalid
+        self.check_images = check_images
+        self.max_records = max_records
+        self.datasets: dict[str, GroundingDataset] = {}
+        self.problems: dict[str, list[Problem]] = {}
+        self.skipped: dict[str, int] = {}
+        self._resume: dict[str, int] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and validate the files the stage needs (all given files when ``stage`` is None); idempotent."""
+        for split in _STAGE_SPLITS.get(stage or "", SPLITS):
+            file = self.files[split]
+            if file is None or split in self.datasets:
+                continue
+            dataset, problems = load_record_file(file, self.image_root, self.check_images, self.skip_invalid,
+                                                 self.max_records, name=f"{split}_file")
+            self.datasets[split] = dataset
+            self.problems[split] = problems
+            self.skipped[split] = count_bad_records(problems)
+
+    def _dataset(self, split: str) -> GroundingDataset:
+        if self.files[split] is None:
+            raise ValueError(f"GroundingDataModule: {split}_file is not set, so there is no {split} data")
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        return self.datasets[split]
+
+    def _loader(self, dataset: GroundingDataset, batch_size: int, sampler: Any = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_records, persistent_workers=self.num_workers > 0)
+
+    def train_sampler(self, num_replicas: int = 1, rank: int = 0) -> ResumableSampler:
+        """The training sampler for one rank; Lightning calls its ``set_epoch`` every epoch."""
+        return ResumableSampler(self._dataset("train"), num_replicas=num_replicas, rank=rank,
+                                shuffle=self.shuffle, seed=self.seed, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        kwargs = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        sampler = self.train_sampler(kwargs.get("num_replicas", 1), kwargs.get("rank", 0))
+        if self._resume is not None:
+            done = self._resume["batches"]
+            if 0 < done < math.ceil(len(sampler) / self.batch_size):  # at an epoch's end nothing is skipped
+                sampler.skip = done * self.batch_size
+            self._resume = None
+        return self._loader(self._dataset("train"), self.batch_size, sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training epoch stands, so a mid-epoch checkpoint resumes on the next unseen batch."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict) if state_dict else None
+
+    def val_dataloader(self) -> DataLoader | list:
+        # no val file: an empty list tells Lightning to skip validation
+        return [] if self.files["val"] is None else self._loader(self._dataset("val"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test"), self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("predict"), self.eval_batch_size)
+
+
+class SyntheticDataModule(GroundingDataModule):
+    """`GroundingDataModule` over synthetic data that it generates into ``root`` on first use.
+
+    No download, no glue: the quickstart, the smoke config and the tests train on it. The data is
+    regenerated when the generation arguments differ from those recorded in ``root/synth.json``.
+    """
+
+    def __init__(self, root: str = "data/synthetic", n: int = 600, synth_seed: int = 0, modality: str = "mixed",
+                 size: int = 224, preset: str = "default", workers: int = 2, **kwargs: Any) -> None:
+        files = {f"{split}_file": os.path.join(root, f"{split}.jsonl") for split in ("train", "val", "test")}
+        super().__init__(**{**files, **kwargs})
+        self.root = root
+        self.synth = {"n": int(n), "seed": int(synth_seed), "modality": modality, "size": int(size), "preset": preset}
+        self.workers = int(workers)
+
+    def prepare_data(self) -> None:
+        stamp = os.path.join(self.root, "synth.json")
+        if os.path.isfile(stamp) and all(os.path.isfile(f) for f in list(self.files.values())[:3]):
+            with open(stamp, encoding="utf-8") as fh:
+                if json.load(fh) == self.synth:
+                    return
+        from medloc_lightning.data.synth import SynthConfig, generate
+
+        args = dict(self.synth)
+        counts = generate(self.root, config=SynthConfig.preset(args.pop("preset")), workers=self.workers, **args)
+        with open(stamp, "w", encoding="utf-8") as fh:
+            json.dump(self.synth, fh)
+        log.info("generated synthetic data in %s: %s", self.root, counts)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not os.path.isfile(os.path.join(self.root, "synth.json")):
+            self.prepare_data()  # used without a Trainer
+        super().setup(stage)

@@ -1,0 +1,116 @@
+"""Shared converter plumbing: seeded grouped splits, path writing, the skip report and --strict."""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+
+import pytest
+from datatest_helpers import make_image, read_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, assign_splits, clip_to_image, finish,
+                                                     output_image_path, phrase, split_groups)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=40, unique=True), st.integers(0, 5),
+       st.sampled_from([0.0, 0.1, 0.25, 0.5]), st.sampled_from([0.0, 0.1, 0.3]))
+def test_split_groups_is_exact_deterministic_and_order_free(groups, seed, val, test):
+    out = split_groups(groups, seed, val, test)
+    n = len(groups)
+    counts = {s: sum(v == s for v in out.values()) for s in ("train", "val", "test")}
+    assert counts["test"] == int(n * test + 0.5)
+    assert counts["val"] == min(int(n * val + 0.5), n - counts["test"])
+    assert counts["train"] == n - counts["val"] - counts["test"]
+    shuffled = list(groups)
+    random.Random(99).shuffle(shuffled)
+    assert split_groups(shuffled, seed, val, test) == out
+
+
+def test_split_groups_depends_on_the_seed():
+    groups = [f"g{i}" for i in range(50)]
+    assert split_groups(groups, 0, 0.2, 0.2) != split_groups(groups, 1, 0.2, 0.2)
+
+
+@pytest.mark.parametrize("val,test", [(-0.1, 0.1), (0.6, 0.5)])
+def test_bad_ratios_are_an_error(val, test):
+    with pytest.raises(ConversionError):
+        split_groups(["a"], 0, val, test)
+
+
+def test_assign_splits_keeps_groups_together_and_official_splits():
+    items = [Item({"id": f"{g}{k}"}, group=g) for g in "abcdefghij" for k in range(3)]
+    items.append(Item({"id": "official"}, group="z", split="test"))
+    splits = assign_splits(items, seed=3, val_ratio=0.2, test_ratio=0.2)
+    where = {r["id"]: name for name, records in splits.items() for r in records}
+    for g in "abcdefghij":
+        assert len({where[f"{g}{k}"] for k in range(3)}) == 1
+    assert where["official"] == "test"
+    assert all(records == sorted(records, key=lambda r: r["id"]) for records in splits.values())
+
+
+def test_output_image_path_is_relative_to_out(tmp_path):
+    image = tmp_path / "src" / "a.png"
+    assert output_image_path(str(image), str(tmp_path / "out")) == os.path.join("..", "src", "a.png")
+    assert output_image_path(str(image), str(tmp_path / "out"), absolute=True) == str(image)
+
+
+def test_clip_to_image():
+    assert clip_to_image((-0.5, 0, 10.8, 5), 10, 5) == ([0.0, 0.0, 10.0, 5.0], "")
+    assert clip_to_image((0, 0, 12, 5), 10, 5)[0] is None
+    assert clip_to_image((3, 0, 3, 5), 10, 5)[0] is None
+
+
+def test_phrase_is_stable_and_varied():
+    templates = ("a {x}", "b {x}", "c {x}")
+    assert phrase("key", templates, x="1") == phrase("key", templates, x="1")
+    assert len({phrase(f"k{i}", templates, x="1") for i in range(30)}) == 3
+
+
+def _args(out, **kw):
+    return argparse.Namespace(out=str(out), seed=0, val_ratio=0.0, test_ratio=0.0, strict=False, absolute_paths=False, **kw)
+
+
+def _item(tmp_path, rid, **kw):
+    image = make_image(tmp_path / "src" / f"{rid}.png", (10, 10))
+    rec = {"id": rid, "image": str(image), "query": "the x", "bbox": [1.0, 1.0, 5.0, 5.0], "width": 10, "height": 10}
+    rec.update(kw)
+    return Item(rec, group=rid)
+
+
+def test_finish_writes_all_three_files_even_when_empty(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert finish(_args(out), [_item(tmp_path, "a")], []) == 0
+    assert [len(read_jsonl(out / f"{s}.jsonl")) for s in ("train", "val", "test")] == [1, 0, 0]
+    assert read_jsonl(out / "train.jsonl")[0]["image"] == os.path.join("..", "src", "a.png")
+    assert "train: 1  val: 0  test: 0  skipped: 0" in capsys.readouterr().out
+
+
+def test_finish_reports_skips_and_strict_writes_nothing(tmp_path, capsys):
+    items = [_item(tmp_path, "a"), _item(tmp_path, "a"), _item(tmp_path, "b", bbox=[5.0, 1.0, 2.0, 3.0])]
+    skips = [Skip("/data/x.png", "no mask")]
+    assert finish(_strict(tmp_path / "strict"), items, skips) == 1
+    assert not (tmp_path / "strict").exists()
+    err = capsys.readouterr().err
+    assert "skipped /data/x.png: no mask" in err
+    assert "duplicate id 'a'" in err and "bbox: inverted box" in err
+    assert finish(_args(tmp_path / "lax"), items, skips) == 0
+    assert [r["id"] for r in read_jsonl(tmp_path / "lax" / "train.jsonl")] == ["a"]
+
+
+def _strict(out):
+    args = _args(out)
+    args.strict = True
+    return args
+
+
+def test_finish_refuses_to_overwrite_an_input(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    source = out / "train.jsonl"
+    source.write_text("{}\n")
+    with pytest.raises(ConversionError, match="would overwrite the input"):
+        finish(_args(out), [], [], inputs=[str(source)])
+    assert source.read_text() == "{}\n"
