@@ -31,14 +31,20 @@ class Rollout:
     """Decoded completions (a policy without text renders its answer in the canonical answer format)."""
     boxes: Tensor
     """[N, 4] float32 boxes in original-image pixels; a NaN row means no box could be parsed."""
-    logps: Tensor
-    """[N, T] per-token log-probs under the sampling policy, detached (the 'old' log-probs)."""
     mask: Tensor
     """[N, T] 1.0 for completion tokens that count (up to and including the first EOS), else 0.0."""
+    logps: Tensor | None = None
+    """[N, T] detached per-token log-probs under the sampling policy (the 'old' log-probs), or None when the
+    policy did not compute them; the module then recomputes them when it needs them (num_iterations > 1)."""
     state: Any = None
     """Policy-private payload that `logprobs` needs to re-score these completions (ids, pixels, ...)."""
     info: dict[str, Tensor] = field(default_factory=dict)
     """Optional per-row diagnostics the module logs as means (e.g. ``truncated`` as 0/1)."""
+    kept: list[int] | None = None
+    """Indices into the input batch of the B prompts sampled here (None: all of them, in order)."""
+    rejected: dict[int, str] = field(default_factory=dict)
+    """Batch index -> reason, for records the policy refused up front (e.g. a prompt longer than the context:
+    truncating would cut image tokens). The module warns and counts them."""
 
     @property
     def num_rows(self) -> int:
@@ -78,6 +84,10 @@ class GroundingPolicy(nn.Module, abc.ABC):
     def sft_loss(self, batch: Sequence[Record]) -> Tensor:
         """Supervised loss of the ground-truth answer for ``batch`` (the SFT baseline)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement supervised training")
+
+    def export(self, directory: str) -> None:
+        """Write the trained weights (or adapter) in a format the model's own library loads for inference."""
+        raise NotImplementedError(f"{type(self).__name__} has no export format")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,167 @@
+"""Loading a Qwen2.5-VL for training: dtype, bitsandbytes quantization, LoRA, frozen vision, checkpointing.
+
+Pure set-up functions used by `QwenVLPolicy.configure`; they take plain arguments and return the model, so
+each piece can be read and tested alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+QUANTIZATION_MODES = ("4bit", "8bit")
+VISION_MODULE_PATTERN = r".*\bvisual\b.*"
+"""peft ``exclude_modules`` regex for the vision tower (module names like ``model.visual.blocks.0.mlp``)."""
+
+
+def wrap_classes() -> tuple[type[nn.Module], ...]:
+    """The blocks FSDP auto-wraps (and activation checkpointing targets): decoder layers and vision blocks."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock
+
+    return (Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype | str:
+    """``"auto"`` (the checkpoint's dtype) or a torch dtype from its name."""
+    if dtype == "auto":
+        return "auto"
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}") from None
+
+
+def quantization_config(mode: str | None, compute_dtype: torch.dtype | str) -> Any:
+    """A ``BitsAndBytesConfig`` for ``"4bit"`` (nf4, double quant) or ``"8bit"``; None when ``mode`` is None."""
+    if mode is None:
+        return None
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {mode!r}")
+    from transformers import BitsAndBytesConfig
+
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
+    if compute_dtype == "auto":
+        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=["lm_head"])
+
+
+def quantized_device_map() -> dict[str, Any]:
+    """bitsandbytes quantizes while loading, so the weights must land on their final device right away."""
+    if torch.cuda.is_available():
+        return {"": torch.cuda.current_device()}
+    return {"": "cpu"}
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model a local peft adapter folder was trained from, or None when ``path`` is no adapter."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text())["base_model_name_or_path"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{config}: field 'base_model_name_or_path' missing or unreadable ({err})") from err
+    if not base:
+        raise ValueError(f"{config}: field 'base_model_name_or_path' is empty")
+    return base
+
+
+def load_base_model(path: str, *, dtype: str = "auto", attn_implementation: str | None = None,
+                    quantization: str | None = None, trust_remote_code: bool = False,
+                    local_files_only: bool = False) -> nn.Module:
+    """``Qwen2_5_VLForConditionalGeneration.from_pretrained`` with our knobs, in train mode."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch_dtype = resolve_dtype(dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
+                              "local_files_only": local_files_only}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    qconfig = quantization_config(quantization, torch_dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = quantized_device_map()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+    model.train()
+    return model
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The vision encoder (``visual``) of a Qwen2.5-VL model, peft-wrapped or not."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "visual":
+            return module
+    raise ValueError(f"{type(model).__name__} has no 'visual' submodule: not a Qwen2.5-VL model?")
+
+
+def apply_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str],
+               freeze_vision: bool) -> nn.Module:
+    """Wrap ``model`` in a peft LoRA model; with ``freeze_vision`` no adapter lands in the vision tower."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        exclude_modules=VISION_MODULE_PATTERN if freeze_vision else None, bias="none")
+    with _quiet_peft():
+        return get_peft_model(model, config)
+
+
+def load_adapter(model: nn.Module, adapter_path: str, *, local_files_only: bool = False) -> nn.Module:
+    """Wrap ``model`` with a trained (and trainable) peft adapter from ``adapter_path``."""
+    from peft import PeftModel
+
+    with _quiet_peft():
+        return PeftModel.from_pretrained(model, adapter_path, is_trainable=True, local_files_only=local_files_only)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft still reads transformers' deprecated ``is_gradient_checkpointing``; that notice is not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def enable_gradient_checkpointing(model: nn.Module, *, with_adapter: bool) -> None:
+    """Non-reentrant activation checkpointing; adapters also need grads on the (frozen) input embeddings."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if with_adapter:
+        model.enable_input_require_grads()
+
+
+def _dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) or getattr(module, "attention_dropout", 0.0):
+            yield module
+
+
+@contextlib.contextmanager
+def train_mode_without_dropout(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in train mode with every dropout off, then restore each module's own mode.
+
+    bitsandbytes repacks 4-bit weights for inference on the first eval-mode forward on CPU, and the next
+    training forward then fails; in train mode it never repacks. Dropout (peft's LoRA dropout, attention
+    dropout) is switched off module by module, so sampling and scoring see one deterministic policy.
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.train()
+    for module in _dropout_modules(model):
+        module.training = False  # this module only: its children (bnb Linear4bit) stay in train mode
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
