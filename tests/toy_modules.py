@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader, Dataset
 import lightning.pytorch as pl
 
 from medloc_lightning.boxes import box_iou
+from medloc_lightning.parsing import parse_box
+from medloc_lightning.policies import GroundingPolicy, Rollout
 
 
 class ScriptedIoUs(Dataset):
@@ -75,3 +77,55 @@ class GaussianBoxRL(pl.LightningModule):
 
 def dummy_loader(n: int) -> DataLoader:
     return DataLoader(torch.zeros(n, 1), batch_size=1)
+
+
+class ScriptedPolicy(GroundingPolicy):
+    """Answers from a fixed script, one learnable log-prob per script entry: module maths checkable by hand.
+
+    Completion g of every prompt is ``answers[g % len(answers)]``; all its T tokens have log-prob
+    ``theta[g % len(answers)]``. Records whose id is in ``reject`` are refused like a too-long prompt.
+    """
+
+    def __init__(self, answers: list[str], tokens: int = 3, reject: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.answers, self.tokens, self.reject = answers, tokens, set(reject)
+        self.theta = nn.Parameter(torch.zeros(len(answers)))
+        self.reference: torch.Tensor | None = None
+
+    def enable_reference(self) -> None:
+        self.reference = self.theta.detach().clone()
+
+    def sample(self, batch, num_generations, temperature):
+        kept = [i for i, r in enumerate(batch) if r["id"] not in self.reject]
+        rejected = {i: "prompt too long (scripted)" for i, r in enumerate(batch) if r["id"] in self.reject}
+        which = torch.tensor([g % len(self.answers) for _ in kept for g in range(num_generations)], dtype=torch.long)
+        texts = [self.answers[k] for k in which.tolist()]
+        boxes = torch.tensor([list(parse_box(t) or (float("nan"),) * 4) for t in texts], dtype=torch.float32)
+        mask = torch.ones(len(texts), self.tokens)
+        return Rollout(num_generations, texts, boxes.reshape(-1, 4), mask, state=which, kept=kept, rejected=rejected)
+
+    def logprobs(self, rollout, rows=None, *, reference=False):
+        which = rollout.state if rows is None else rollout.state[rows]
+        theta = self.reference if reference else self.theta
+        return theta[which].unsqueeze(1).expand(-1, self.tokens)
+
+    def predict(self, batch):
+        texts = [self.answers[0]] * len(batch)
+        box = list(parse_box(self.answers[0]) or (float("nan"),) * 4)
+        return texts, torch.tensor([box] * len(batch), dtype=torch.float32)
+
+    def sft_loss(self, batch):
+        return (self.theta ** 2).sum()
+
+
+def square_records(n: int, size: int = 32) -> list[dict]:
+    """Records with GT box [0, 0, 10, 10] on a blank image (for scripted policies)."""
+    from PIL import Image
+
+    img = Image.new("RGB", (size, size))
+    return [{"id": f"r{i}", "image": img, "query": "the lesion", "bbox": [0.0, 0.0, 10.0, 10.0], "width": size,
+             "height": size} for i in range(n)]
+
+
+def record_loader(records: list[dict], batch_size: int) -> DataLoader:
+    return DataLoader(records, batch_size=batch_size, collate_fn=list, shuffle=False)

@@ -58,8 +58,25 @@ class Rollout:
 class GroundingPolicy(nn.Module, abc.ABC):
     """Base class of every policy. Subclasses are plain ``nn.Module`` s so Lightning moves and saves them."""
 
+    frozen_weights_reloadable: bool = False
+    """True when ``configure()`` restores every frozen parameter exactly (e.g. from a pretrained checkpoint):
+    checkpoints then hold only the trainable weights (a LoRA run saves megabytes, not the base model)."""
+
+    synced_generation: bool = False
+    """Set by the module when weights are sharded over ranks: every rank must then keep decoding until all
+    are done (``synced_gpus``), or the per-layer all-gathers of FSDP deadlock."""
+
     def configure(self) -> None:
         """Build or load heavy weights; called from ``LightningModule.configure_model``. Idempotent."""
+
+    def shard(self, mesh: Any) -> None:
+        """FSDP2: shard this policy over a 1-D data-parallel device mesh (``ModelParallelStrategy``).
+
+        The default makes the whole policy one FSDP unit; large models shard per block instead.
+        """
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self, mesh=mesh)
 
     def enable_reference(self) -> None:
         """Make ``logprobs(..., reference=True)`` available (called once when beta > 0)."""
@@ -95,4 +112,5 @@ class GroundingPolicy(nn.Module, abc.ABC):
 
 def gt_boxes(batch: Sequence[Record], device: torch.device | str | None = None) -> Tensor:
     """[B, 4] float32 ground-truth boxes of a batch, in original pixels."""
-    return torch.tensor([list(map(float, r["bbox"])) for r in batch], dtype=torch.float32, device=device)
+    boxes = [list(map(float, r["bbox"])) for r in batch]
+    return torch.tensor(boxes, dtype=torch.float32, device=device).reshape(len(boxes), 4)

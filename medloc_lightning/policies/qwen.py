@@ -69,6 +69,8 @@ class QwenVLPolicy(GroundingPolicy):
     sharding strategy; the processor loads at construction. ``lora_r=0`` is full fine-tuning.
     """
 
+    frozen_weights_reloadable = True  # frozen weights (base model under LoRA, vision tower) come from the checkpoint
+
     def __init__(
         self,
         model_name_or_path: str,
@@ -233,10 +235,23 @@ class QwenVLPolicy(GroundingPolicy):
             kwargs.update(temperature=float(temperature), top_p=float(self.top_p), top_k=int(self.top_k or 0))
         return GenerationConfig(**kwargs)
 
+    def shard(self, mesh: Any) -> None:
+        """FSDP2: one unit per decoder layer and vision block, then the rest; ``generate`` runs the root's
+        unshard hooks like ``forward`` does."""
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        self.configure()
+        for module in list(self.model.modules()):
+            if isinstance(module, self.wrap_classes):
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        register_fsdp_forward_method(self.model, "generate")
+
     def _generate(self, prompts: dict[str, Tensor], config: Any) -> Tensor:
         """Completion ids [rows, T] (prompt stripped)."""
         with torch.no_grad(), train_mode_without_dropout(self.model):
-            sequences = self.model.generate(**prompts, generation_config=config)
+            sequences = self.model.generate(**prompts, generation_config=config,
+                                            synced_gpus=True if self.synced_generation else None)
         return sequences[:, prompts["input_ids"].shape[1]:]
 
     def _decode(self, completion_ids: Tensor, mask: Tensor) -> list[str]:

@@ -8,11 +8,6 @@ from medloc_lightning.testing import tiny_qwen_path
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tiny_qwen_path(tmp_path_factory.mktemp("tiny-qwen")))
-
-
-@pytest.fixture(scope="session")
 def tiny_qwen_short_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny model whose context is too short for a 224 px prompt."""
     return str(tiny_qwen_path(tmp_path_factory.mktemp("tiny-qwen-short"), max_position_embeddings=SHORT_CONTEXT))

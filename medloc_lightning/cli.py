@@ -1,0 +1,100 @@
+"""`medloc`: LightningCLI with fit / validate / test / predict, plus `export` (trained policy → HF folder).
+
+    medloc fit --config configs/tiny_smoke.yaml
+    medloc test --config configs/tiny_smoke.yaml --ckpt_path runs/tiny_smoke/.../last.ckpt
+    medloc predict --config CFG --ckpt_path CKPT            # boxes as JSONL next to the logs
+    medloc export --config CFG --ckpt_path CKPT --out_dir exported/
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import LightningCLI
+
+from medloc_lightning.module import GroundingModule
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results as JSONL (one record per line; one file per rank when distributed)."""
+
+    def __init__(self, output_path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self._path: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        path = Path(self.output_path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl")
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        self._path = path
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        with open(self._path, "a") as fh:
+            for row in prediction:
+                fh.write(json.dumps(row) + "\n")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        print(f"predictions written to {self._path}")
+
+
+class Trainer(pl.Trainer):
+    """Lightning's Trainer plus `export`, so `medloc export` shares the config of `fit`."""
+
+    def export(
+        self,
+        model: GroundingModule,
+        datamodule: Any = None,
+        ckpt_path: str | None = None,
+        out_dir: str = "export",
+    ) -> str:
+        """Load a (full) checkpoint's weights into the model and write the policy for inference.
+
+        Args:
+            ckpt_path: a checkpoint written by `medloc fit`; without it the untrained policy is exported.
+            out_dir: the folder to write (a HF model folder, or a LoRA adapter, for Qwen2.5-VL).
+        """
+        model.configure_model()
+        if ckpt_path:
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            model.on_load_checkpoint(checkpoint)
+            model.load_state_dict(checkpoint["state_dict"], strict=model.strict_loading)
+        model.export(out_dir)
+        print(f"exported {type(model.policy).__name__} to {out_dir}")
+        return out_dir
+
+
+class MedlocCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
+    def before_predict(self) -> None:
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    MedlocCLI(
+        GroundingModule,
+        pl.LightningDataModule,
+        trainer_class=Trainer,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

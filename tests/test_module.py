@@ -1,0 +1,161 @@
+"""GRPOGroundingModule / SFTGroundingModule maths and bookkeeping, with a scripted policy in real Trainers."""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import lightning.pytorch as pl
+from medloc_lightning import ThresholdCurriculumCallback
+from medloc_lightning.curriculum import FixedThreshold
+from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
+from medloc_lightning.rewards import GroundingReward
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_modules import ScriptedPolicy, record_loader, square_records  # noqa: E402
+
+# GT is [0, 0, 10, 10]: IoUs 1.0, 0.5, 0 (unparseable), 0 (empty)
+ANSWERS = ['<answer>{"bbox_2d": [0, 0, 10, 10]}</answer>', "<answer>[0, 0, 5, 10]</answer>", "no box here", ""]
+
+
+def fit(module, records, steps, callbacks=(), batch_size=2, **kw):
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, record_loader(records, batch_size))
+    return trainer
+
+
+def metrics(trainer):
+    return {k: float(v) for k, v in trainer.logged_metrics.items()}
+
+
+def test_rewards_advantages_and_logged_statistics_by_hand():
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, iou_threshold=0.5, learning_rate=0.1)
+    m = metrics(fit(module, square_records(2), 1))
+    assert m["train/iou"] == pytest.approx((1.0 + 0.5) / 4)
+    assert m["train/reward"] == pytest.approx(0.5)  # IoU >= 0.5 holds for the first two answers
+    assert m["train/parse_rate"] == pytest.approx(0.5)
+    assert m["train/frac_reward_zero_std"] == 0.0
+    assert m["train/reward_std"] == pytest.approx(math.sqrt(4 * 0.25 / 3))  # Bessel over [1, 1, 0, 0]
+    assert m["train/count_unparsed"] == 4 and m["train/count_empty"] == 2
+    assert m["train/tau"] == pytest.approx(0.5)
+
+
+def test_one_step_moves_probability_towards_rewarded_answers():
+    policy = ScriptedPolicy(ANSWERS)
+    fit(GRPOGroundingModule(policy, num_generations=4, learning_rate=0.1, max_grad_norm=None), square_records(2), 1)
+    theta = policy.theta.detach()
+    assert theta[0] > 0 and theta[1] > 0 and theta[2] < 0 and theta[3] < 0
+
+
+def test_tau_is_read_from_the_module_attribute():
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, iou_threshold=0.5)
+    module.iou_threshold = 0.6  # what the curriculum callback does: [0, 0, 5, 10] now misses
+    assert metrics(fit(module, square_records(2), 1))["train/reward"] == pytest.approx(0.25)
+
+
+def test_all_equal_groups_give_zero_loss_and_no_update():
+    policy = ScriptedPolicy(["no box", "still nothing"])
+    trainer = fit(GRPOGroundingModule(policy, num_generations=2, learning_rate=0.1), square_records(2), 3)
+    m = metrics(trainer)
+    assert m["train/frac_reward_zero_std"] == 1.0 and m["train/count_zero_std_groups"] == 6
+    assert torch.count_nonzero(policy.theta) == 0 and all(math.isfinite(v) for v in m.values())
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_row_chunked_backward_equals_one_chunk(loss_type):
+    grads = []
+    for micro in (1, 3, 100):
+        policy = ScriptedPolicy(ANSWERS)
+        module = GRPOGroundingModule(policy, num_generations=4, micro_batch_size=micro, loss_type=loss_type,
+                                     learning_rate=1e-3, max_grad_norm=None)
+        seen = []
+        policy.theta.register_hook(lambda g: seen.append(g.clone()))
+        fit(module, square_records(2), 1)
+        grads.append(torch.stack(seen).sum(0))
+    torch.testing.assert_close(grads[0], grads[2])
+    torch.testing.assert_close(grads[1], grads[2])
+
+
+def test_num_iterations_reuses_the_rollout_with_cached_old_logprobs():
+    policy = ScriptedPolicy(ANSWERS)
+    module = GRPOGroundingModule(policy, num_generations=4, num_iterations=3, learning_rate=0.5, epsilon=0.05,
+                                 max_grad_norm=None)
+    trainer = fit(module, square_records(2), 3)  # 3 optimizer steps = one batch
+    m = metrics(trainer)
+    assert trainer.global_step == 3
+    assert m["train/clip_ratio/region_mean"] > 0  # later iterations see ratios away from 1, so clipping engages
+
+
+def test_kl_penalty_uses_the_reference_policy():
+    policy = ScriptedPolicy(ANSWERS)
+    module = GRPOGroundingModule(policy, num_generations=4, beta=0.5, learning_rate=0.5, num_iterations=2,
+                                 max_grad_norm=None)
+    m = metrics(fit(module, square_records(2), 2))
+    assert policy.reference is not None and torch.count_nonzero(policy.reference) == 0
+    assert m["train/kl"] > 0
+
+
+def test_rejected_prompts_are_counted_and_the_rest_trains():
+    policy = ScriptedPolicy(ANSWERS, reject=("r1",))
+    module = GRPOGroundingModule(policy, num_generations=4)
+    with pytest.warns(UserWarning, match="rejected"):
+        trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, record_loader(square_records(4), 2))
+    m = metrics(trainer)
+    assert m["train/count_rejected"] == 1 and trainer.global_step == 2
+
+
+def test_a_step_whose_prompts_are_all_rejected_is_skipped():
+    policy = ScriptedPolicy(ANSWERS, reject=("r0", "r1"))
+    trainer = fit(GRPOGroundingModule(policy, num_generations=4), square_records(4), 1, max_epochs=1)
+    assert metrics(trainer)["train/count_skipped_steps"] == 1 and trainer.global_step == 1
+
+
+def test_training_step_keeps_the_curriculum_contract():
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, iou_threshold=0.9)
+    cb = ThresholdCurriculumCallback(FixedThreshold(0.3, window=2))
+    fit(module, square_records(4), 2, callbacks=[cb])
+    assert module.iou_threshold == 0.3  # set by the callback
+    assert cb.schedule.num_steps == 2 and cb.schedule.stats["mean_iou"] == pytest.approx(0.375)
+
+
+def test_format_reward_weight():
+    reward = GroundingReward(kind="iou", format_weight=0.5, require_think=False)
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, reward=reward)
+    m = metrics(fit(module, square_records(2), 1))
+    # format holds for the two answers with a box inside <answer>; accuracy is the raw IoU
+    assert m["train/format_reward"] == pytest.approx(0.5)
+    assert m["train/reward"] == pytest.approx((1.0 + 0.5) / 4 + 0.5 * 0.5)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"num_generations": 1}, "num_generations"), ({"loss_type": "ppo"}, "loss_type"),
+                                         ({"scale_rewards": "z"}, "scale_rewards"), ({"temperature": 0.0}, "temperature"),
+                                         ({"beta": -1.0}, "beta"), ({"iou_threshold": 1.5}, "iou_threshold"),
+                                         ({"lr_schedule": "step"}, "lr_schedule")])
+def test_invalid_arguments_name_themselves(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        GRPOGroundingModule(ScriptedPolicy(ANSWERS), **kwargs)
+
+
+def test_validation_and_test_metrics():
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, record_loader(square_records(3), 2), verbose=False)
+    m = metrics(trainer)
+    assert m["test/acc@0.5"] == 1.0 and m["test/pseudo_map"] == 1.0 and m["test/parse_rate"] == 1.0
+
+
+def test_sft_module_trains_its_loss():
+    policy = ScriptedPolicy(ANSWERS)
+    with torch.no_grad():
+        policy.theta.fill_(1.0)
+    fit(SFTGroundingModule(policy, learning_rate=0.1), square_records(4), 5)
+    assert float((policy.theta ** 2).sum()) < 4.0
