@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
+from medloc_lightning.callback import ThresholdCurriculumCallback
 from medloc_lightning.module import GroundingModule
 
 
@@ -72,9 +74,20 @@ class Trainer(pl.Trainer):
 
 
 class MedlocCLI(LightningCLI):
+    """LightningCLI plus a top-level ``curriculum`` key (the τ schedule's callback; ``null`` for none) and
+    the ``export`` subcommand."""
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(ThresholdCurriculumCallback, "curriculum", subclass_mode=True, required=False)
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [cb for cb in trainer.callbacks if cb is not None]
+        return trainer
 
     def before_predict(self) -> None:
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
@@ -83,6 +96,9 @@ class MedlocCLI(LightningCLI):
 
 def main(args: Sequence[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # GRPO steps inside training_step, so a checkpoint holds the post-step weights: that is what we want.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.13
     MedlocCLI(
         GroundingModule,
         pl.LightningDataModule,

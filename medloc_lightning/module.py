@@ -122,28 +122,32 @@ class GroundingModule(pl.LightningModule):
         return out
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def _frozen_names(self, trainable: bool = False) -> set[str]:
-        wrappers = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+    def _names(self, trainable: bool | None = None) -> set[str]:
+        """State-dict names of parameters (``trainable`` filters by requires_grad) or, with None, of every
+        parameter and buffer; wrapper prefixes (FSDP, activation checkpointing, compile) removed."""
+        items = self.named_parameters() if trainable is not None else [*self.named_parameters(), *self.named_buffers()]
         names = set()
-        for name, param in self.named_parameters():
-            if param.requires_grad == trainable:
-                for w in wrappers:
-                    name = name.replace(w, "")
+        for name, tensor in items:
+            if trainable is None or tensor.requires_grad == trainable:
+                for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+                    name = name.replace(wrapper, "")
                 names.add(name)
         return names
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.policy.frozen_weights_reloadable:
-            frozen = self._frozen_names()
+            frozen = self._names(trainable=False)
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
             checkpoint["medloc_frozen_weights_dropped"] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("medloc_frozen_weights_dropped"):
-            missing = sorted(self._frozen_names(trainable=True) - set(checkpoint["state_dict"]))
-            if missing:
-                raise ValueError(f"checkpoint lacks trainable weights of this model, e.g. {missing[:3]}: "
-                                 "was it written with another policy configuration?")
+            saved = set(checkpoint["state_dict"])
+            missing, unexpected = sorted(self._names(trainable=True) - saved), sorted(saved - self._names())
+            if missing or unexpected:
+                raise ValueError(
+                    "checkpoint does not match this model's trainable weights (another policy configuration?): "
+                    f"missing {missing[:3]}, unexpected {unexpected[:3]}")
             self.strict_loading = False  # frozen weights were rebuilt by configure_model
 
     def export(self, directory: str) -> None:

@@ -242,8 +242,9 @@ class SyntheticDataModule(GroundingDataModule):
 
     def __init__(self, root: str = "data/synthetic", n: int = 600, synth_seed: int = 0, modality: str = "mixed",
                  size: int = 224, preset: str = "default", workers: int = 2, **kwargs: Any) -> None:
-        files = {f"{split}_file": os.path.join(root, f"{split}.jsonl") for split in ("train", "val", "test")}
-        super().__init__(**{**files, **kwargs})
+        test = os.path.join(root, "test.jsonl")  # `predict` answers the test split
+        super().__init__(train_file=os.path.join(root, "train.jsonl"), val_file=os.path.join(root, "val.jsonl"),
+                         test_file=test, predict_file=test, **kwargs)
         self.root = root
         self.synth = {"n": int(n), "seed": int(synth_seed), "modality": modality, "size": int(size), "preset": preset}
         self.workers = int(workers)

@@ -1,0 +1,317 @@
+"""BoxPolicy: a small CNN + query encoder with a Gaussian box head, trained by the same GRPO module on CPU.
+
+A "completion" is one box. The policy samples the box parameters ``u = (cx, cy, log w, log h)`` (centre and
+log side lengths in units of the image side, the original image's width for x and height for y) from
+``N(mean(image, query), (std * temperature)^2)``; temperature scales the std as it scales logits in a
+language model. The deterministic mapping `params_to_boxes` turns any real ``u`` into a valid box: centres
+are clamped to [0, 1], log sides to [log MIN_SIZE, 0], the box is clipped to the image and, once rounded to
+integer original pixels, widened to at least one pixel. Rounding is only the answer rendering
+(`format_answer`): the log-prob of a completion is the log density of the *continuous* sample, summed over
+the four parameters, and counts as a single token (T = 1, mask all ones).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from medloc_lightning.parsing import format_answer, parse_box
+from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, gt_boxes
+from medloc_lightning.policies.box_net import LOG_MIN_SIZE, MIN_SIZE, PATCH, STRIDE, BoxNet, pack_queries, patchify
+
+__all__ = ["BoxPolicy", "BoxRolloutState", "boxes_to_params", "gaussian_logprob", "params_to_boxes",
+           "pixel_boxes"]
+
+WEIGHTS_FILE = "box_policy.pt"
+CONFIG_FILE = "box_policy.json"
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def params_to_boxes(params: Tensor, sizes: Tensor) -> Tensor:
+    """Continuous xyxy boxes [N, 4] in original pixels from box parameters [N, 4] and image sizes [N, 2] (W, H).
+
+    Any real parameters give a box inside the image with positive width and height.
+    """
+    centre = params[:, :2].clamp(0.0, 1.0)
+    half = params[:, 2:].clamp(LOG_MIN_SIZE, 0.0).exp() / 2
+    lo, hi = (centre - half).clamp(0.0, 1.0), (centre + half).clamp(0.0, 1.0)
+    return torch.cat([lo, hi], 1) * sizes.repeat(1, 2)
+
+
+def pixel_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Round boxes [N, 4] (inside the image) to integer pixels, at least one pixel wide and high."""
+    rounded = boxes.round()
+    for axis in (0, 1):
+        limit = sizes[:, axis]
+        lo = rounded[:, axis].clamp(min=0.0)
+        hi = torch.maximum(rounded[:, axis + 2], lo + 1).clamp(max=limit)
+        rounded[:, axis], rounded[:, axis + 2] = torch.minimum(lo, hi - 1), hi
+    return rounded
+
+
+def boxes_to_params(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Box parameters [N, 4] of xyxy boxes [N, 4] in original pixels (clipped to the image, sides floored)."""
+    wh = sizes.repeat(1, 2)
+    norm = (boxes / wh).clamp(0.0, 1.0)
+    centre = (norm[:, :2] + norm[:, 2:]) / 2
+    side = (norm[:, 2:] - norm[:, :2]).clamp(min=MIN_SIZE)
+    return torch.cat([centre, side.log()], 1)
+
+
+def gaussian_logprob(params: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Log density [N, 1] of params [N, 4] under independent normals (mean [N, 4], std broadcastable)."""
+    z = (params - mean) / std
+    return (-0.5 * z.square() - std.log() - _LOG_SQRT_2PI).sum(1, keepdim=True)
+
+
+@dataclass
+class BoxRolloutState:
+    """What `BoxPolicy.logprobs` needs to re-score a rollout without decoding images again."""
+
+    images: Tensor
+    """[B, 3 * PATCH**2, S / PATCH, S / PATCH] preprocessed images (`box_net.patchify`) of the prompts."""
+    query_ids: Tensor
+    """Flat hashed query ids of the B prompts (``nn.EmbeddingBag`` input)."""
+    query_offsets: Tensor
+    """[B] start of each prompt's ids in ``query_ids``."""
+    params: Tensor
+    """[N, 4] sampled continuous box parameters (row ``b * G + g``)."""
+    temperature: float
+
+
+class BoxPolicy(GroundingPolicy):
+    """A fast grounding policy: a Gaussian over one box per completion, conditioned on the image and query.
+
+    Args:
+        image_size: side the image is resized to (square, aspect ratio not kept; boxes are normalised).
+        channels: feature channels of the CNN (the first block has half).
+        query_dim: size of the query embedding.
+        vocab_buckets: hash buckets for query words and word bigrams.
+        attention_heads: query-conditioned spatial-softmax pooling heads.
+        hidden: width of the head's hidden layer.
+        init_std: initial std of each box parameter (image-side units; log units for the sides).
+        min_std: floor of the learned std.
+        learn_std: learn a per-parameter std (state-independent); else it stays at ``init_std``.
+        init_box_size: initial mean box side as a fraction of the image side.
+        answer_label: ``label`` written into answers by `format_answer`.
+        seed: seeds the weight initialisation (the global RNG is left untouched).
+    """
+
+    def __init__(self, image_size: int = 128, channels: int = 32, query_dim: int = 64, vocab_buckets: int = 4096,
+                 attention_heads: int = 4, hidden: int = 128, init_std: float = 0.15, min_std: float = 0.02,
+                 learn_std: bool = True, init_box_size: float = 0.2, answer_label: str = "lesion",
+                 seed: int = 0) -> None:
+        super().__init__()
+        _check_args(image_size=image_size, channels=channels, query_dim=query_dim, vocab_buckets=vocab_buckets,
+                    attention_heads=attention_heads, hidden=hidden, init_std=init_std, min_std=min_std,
+                    learn_std=learn_std, init_box_size=init_box_size)
+        self.config: dict[str, Any] = dict(
+            image_size=image_size, channels=channels, query_dim=query_dim, vocab_buckets=vocab_buckets,
+            attention_heads=attention_heads, hidden=hidden, init_std=init_std, min_std=min_std,
+            learn_std=learn_std, init_box_size=init_box_size, answer_label=answer_label, seed=seed)
+        self.image_size = image_size
+        self.vocab_buckets = vocab_buckets
+        self.answer_label = answer_label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = BoxNet(channels, query_dim, vocab_buckets, attention_heads, hidden, init_std, min_std,
+                              learn_std, init_box_size)
+        self._reference: BoxNet | None = None
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def enable_reference(self) -> None:
+        """Freeze a deep copy of the current weights as the reference (kept out of the state dict). Idempotent."""
+        if self._reference is None:
+            ref = copy.deepcopy(self.net).requires_grad_(False)
+            object.__setattr__(self, "_reference", ref)  # unregistered: not trained, saved or counted
+
+    @property
+    def has_reference_copy(self) -> bool:
+        return self._reference is not None
+
+    # ------------------------------------------------------------------ inputs
+    def encode(self, batch: Sequence[Record]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Network images (`box_net.patchify`), query ids, offsets and image sizes [B, 2] (W, H), on the device."""
+        side = self.image_size // PATCH
+        images = torch.from_numpy(np.stack([patchify(self._pixels(r)) for r in batch])) if batch else \
+            torch.zeros(0, 3 * PATCH * PATCH, side, side)
+        ids, offsets = pack_queries([_query(r) for r in batch], self.vocab_buckets)
+        sizes = torch.tensor([_size(r) for r in batch], dtype=torch.float32).reshape(-1, 2)
+        device = self.device
+        return images.to(device), ids.to(device), offsets.to(device), sizes.to(device)
+
+    def _pixels(self, record: Record) -> np.ndarray:
+        """[3, S, S] float32 RGB in [0, 1], resized (aspect ratio not kept)."""
+        image = record.get("image")
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"{_where(record)}: field 'image' must be a PIL image, got {type(image).__name__}")
+        width, height = _size(record)
+        if image.size != (width, height):
+            raise ValueError(f"{_where(record)}: field 'image' is {image.size[0]}x{image.size[1]} px but 'width', "
+                             f"'height' say {width}x{height}")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        resized = rgb.resize((self.image_size, self.image_size), Image.BILINEAR)
+        return np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+    # ------------------------------------------------------------------ answers
+    def _answers(self, params: Tensor, sizes: Tensor) -> tuple[list[str], Tensor]:
+        """Texts and parsed boxes [N, 4] of box parameters; the boxes are what `parse_box` reads back."""
+        rounded = pixel_boxes(params_to_boxes(params.detach().float(), sizes), sizes).cpu()
+        texts = [format_answer(box, label=self.answer_label) for box in rounded.tolist()]
+        parsed = [parse_box(text) for text in texts]
+        boxes = torch.tensor([[math.nan] * 4 if p is None else list(p) for p in parsed], dtype=torch.float32)
+        return texts, boxes.reshape(-1, 4).to(params.device)
+
+    def sample(self, batch: Sequence[Record], num_generations: int, temperature: float) -> Rollout:
+        """G boxes per record from N(mean, (std * temperature)^2), without gradients; T = 1 token per box."""
+        if isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 1:
+            raise ValueError(f"num_generations must be an int >= 1, got {num_generations!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        images, ids, offsets, sizes = self.encode(batch)
+        with torch.no_grad():
+            mean = self.net(images, ids, offsets).repeat_interleave(num_generations, 0)
+            std = self.net.std() * float(temperature)
+            params = mean + std * torch.randn_like(mean)
+            logps = gaussian_logprob(params, mean, std)
+        row_sizes = sizes.repeat_interleave(num_generations, 0)
+        texts, boxes = self._answers(params, row_sizes)
+        state = BoxRolloutState(images, ids, offsets, params, float(temperature))
+        return Rollout(num_generations=num_generations, texts=texts, boxes=boxes,
+                       mask=torch.ones(len(texts), 1, device=self.device), logps=logps, state=state,
+                       info={"std_mean": std.mean().expand(len(texts)).clone()})
+
+    def logprobs(self, rollout: Rollout, rows: Tensor | None = None, *, reference: bool = False) -> Tensor:
+        """Log density [n, 1] of the stored samples under the current (or reference) weights at the rollout's
+        temperature; the image encoder runs once per prompt of ``rows``, not once per row."""
+        state = rollout.state
+        if not isinstance(state, BoxRolloutState):
+            raise ValueError(f"logprobs needs a rollout from BoxPolicy.sample, got state {type(state).__name__}")
+        if reference and self._reference is None:
+            raise RuntimeError("reference log-probs requested but enable_reference() was never called "
+                               "(it is only called when beta > 0)")
+        n = state.params.shape[0]
+        rows = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        rows = rows.to(state.params.device)
+        if rows.numel() == 0:
+            return torch.zeros(0, 1, device=state.params.device)
+        prompts, inverse = torch.unique(rows // rollout.num_generations, return_inverse=True)
+        net = self.net if not reference else self._reference_on(state.params.device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not reference):
+            means = net(state.images[prompts], *_select_queries(state, prompts))
+            std = net.std() * state.temperature
+            return gaussian_logprob(state.params[rows], means[inverse], std)
+
+    def _reference_on(self, device: torch.device) -> BoxNet:
+        ref = self._reference
+        assert ref is not None
+        if next(ref.parameters()).device != device:
+            ref.to(device)
+        return ref
+
+    def predict(self, batch: Sequence[Record]) -> tuple[list[str], Tensor]:
+        """The mean box of each record (greedy), as answer texts and parsed boxes [B, 4] in original pixels."""
+        images, ids, offsets, sizes = self.encode(batch)
+        with torch.no_grad():
+            mean = self.net(images, ids, offsets)
+        return self._answers(mean, sizes)
+
+    def sft_loss(self, batch: Sequence[Record]) -> Tensor:
+        """Mean negative log-likelihood of the ground-truth box parameters (temperature 1).
+
+        It regresses the mean (weighted by 1/std^2) and fits a learned std to the remaining error, so a
+        GRPO run warm-started from SFT explores about as far as the SFT model is typically off.
+        """
+        images, ids, offsets, sizes = self.encode(batch)
+        if not len(batch):
+            return torch.zeros((), device=self.device, requires_grad=True)
+        target = boxes_to_params(gt_boxes(batch, device=self.device), sizes)
+        mean = self.net(images, ids, offsets)
+        return -gaussian_logprob(target, mean, self.net.std()).mean()
+
+    # ------------------------------------------------------------------ export
+    def export(self, directory: str) -> None:
+        """Write ``box_policy.pt`` (state dict) and ``box_policy.json`` (constructor args) to ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, os.path.join(directory, WEIGHTS_FILE))
+        with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump({"format": "medloc-box-policy", "version": 1, "config": self.config}, f, indent=2)
+
+    @classmethod
+    def from_export(cls, directory: str, map_location: str | torch.device = "cpu") -> "BoxPolicy":
+        """Load a policy written by `export` (weights read with ``weights_only=True``)."""
+        config_path = os.path.join(directory, CONFIG_FILE)
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_path}: not a BoxPolicy export ({err})") from err
+        if not isinstance(meta, dict) or meta.get("format") != "medloc-box-policy" or not isinstance(
+                meta.get("config"), dict):
+            raise ValueError(f"{config_path}: field 'format' must be 'medloc-box-policy' with a 'config' object")
+        policy = cls(**meta["config"])
+        state = torch.load(os.path.join(directory, WEIGHTS_FILE), map_location=map_location, weights_only=True)
+        policy.load_state_dict(state)
+        return policy.to(map_location)
+
+
+def _select_queries(state: BoxRolloutState, prompts: Tensor) -> tuple[Tensor, Tensor]:
+    """Ids and offsets of the queries of ``prompts`` (a sorted subset of the rollout's prompts)."""
+    ends = torch.cat([state.query_offsets[1:], state.query_offsets.new_tensor([state.query_ids.numel()])])
+    starts, stops = state.query_offsets[prompts].tolist(), ends[prompts].tolist()
+    pieces = [state.query_ids[a:b] for a, b in zip(starts, stops)]
+    lengths = torch.tensor([b - a for a, b in zip(starts, stops)], dtype=torch.long)
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]]).to(state.query_ids.device)
+    return torch.cat(pieces) if pieces else state.query_ids[:0], offsets
+
+
+def _where(record: Record) -> str:
+    path = record.get("image_path")
+    return f"record {record.get('id')!r}" + (f" ({path})" if path else "")
+
+
+def _query(record: Record) -> str:
+    query = record.get("query")
+    if not isinstance(query, str):
+        raise ValueError(f"{_where(record)}: field 'query' must be a str, got {type(query).__name__}")
+    return query
+
+
+def _size(record: Record) -> tuple[int, int]:
+    try:
+        width, height = int(record["width"]), int(record["height"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{_where(record)}: fields 'width' and 'height' must be positive ints ({err!r})") from err
+    if width < 1 or height < 1:
+        raise ValueError(f"{_where(record)}: fields 'width' and 'height' must be positive, got {width}x{height}")
+    return width, height
+
+
+def _check_args(*, image_size: int, channels: int, query_dim: int, vocab_buckets: int, attention_heads: int,
+                hidden: int, init_std: float, min_std: float, learn_std: bool, init_box_size: float) -> None:
+    for name, value, low in (("image_size", image_size, 16), ("channels", channels, 8), ("query_dim", query_dim, 1),
+                             ("vocab_buckets", vocab_buckets, 1), ("attention_heads", attention_heads, 1),
+                             ("hidden", hidden, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"BoxPolicy: {name} must be an int >= {low}, got {value!r}")
+    if image_size % STRIDE:
+        raise ValueError(f"BoxPolicy: image_size must be a multiple of {STRIDE} (the feature stride), "
+                         f"got {image_size}")
+    if not (math.isfinite(min_std) and min_std >= 0 and math.isfinite(init_std) and init_std > 0):
+        raise ValueError(f"BoxPolicy: need min_std >= 0 and init_std > 0, got {min_std}, {init_std}")
+    if learn_std and not init_std > min_std:
+        raise ValueError(f"BoxPolicy: a learned std needs init_std > min_std, got {init_std} <= {min_std}")
+    if not MIN_SIZE < init_box_size < 1:
+        raise ValueError(f"BoxPolicy: init_box_size must be in ({MIN_SIZE}, 1), got {init_box_size}")
