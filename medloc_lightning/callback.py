@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from medloc_lightning.curriculum import ThresholdCurriculum, ThresholdSchedule
+from medloc_lightning.lightning_utils import logs_this_step
 
 
 class ThresholdCurriculumCallback(pl.Callback):
@@ -79,21 +80,22 @@ class ThresholdCurriculumCallback(pl.Callback):
         progress = None if self._total_steps is None else min(1.0, trainer.global_step / self._total_steps)
         raised = self.schedule.observe(gathered, progress=progress)
         self._apply(pl_module)
-        self._log(pl_module, raised)
+        self._log(trainer, pl_module, raised)
         if raised:
             rank_zero_info(
                 f"[curriculum] step {trainer.global_step}: tau raised to {self.schedule.tau:.3f} "
                 f"(raise {self.schedule.num_raises})"
             )
 
-    def _log(self, pl_module: pl.LightningModule, raised: bool) -> None:
-        stats = self.schedule.stats
-        metrics = {f"{self.log_prefix}/{k}": v for k, v in stats.items() if not math.isnan(v)}
-        metrics[f"{self.log_prefix}/raised"] = float(raised)
-        tau_key = f"{self.log_prefix}/tau"
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1,
-                          prog_bar=self.prog_bar and name == tau_key, rank_zero_only=False)
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, raised: bool) -> None:
+        kw = {"on_step": True, "on_epoch": False, "batch_size": 1}
+        pl_module.log(f"{self.log_prefix}/tau", self.schedule.tau, prog_bar=self.prog_bar, **kw)
+        if not (raised or logs_this_step(trainer)):
+            return  # the logger would not write these this step (each self.log costs ~1 ms)
+        for key, value in self.schedule.stats.items():
+            if key != "tau" and not math.isnan(value):
+                pl_module.log(f"{self.log_prefix}/{key}", value, **kw)
+        pl_module.log(f"{self.log_prefix}/raised", float(raised), **kw)
 
     def state_dict(self) -> dict[str, Any]:
         return {

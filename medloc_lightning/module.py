@@ -20,6 +20,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from torch import Tensor
 
 from medloc_lightning.boxes import box_iou
+from medloc_lightning.lightning_utils import logs_this_step
 from medloc_lightning.grpo import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, zero_std_groups
 from medloc_lightning.metrics import GroundingMetrics
 from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, gt_boxes
@@ -426,6 +427,9 @@ class GRPOGroundingModule(GroundingModule):
     def _log_step(self, rollout: Rollout, ious: Tensor, rewards: Tensor, parts: dict[str, Tensor], zero_std: Tensor,
                   stats: dict[str, Tensor], timings: dict[str, float], tau: float, batch_size: int) -> None:
         n = max(rollout.num_rows, 1)
+        self.log("reward", rewards.sum() / n, prog_bar=True, on_step=True, batch_size=batch_size, logger=False)
+        if not logs_this_step(self.trainer):
+            return  # each self.log costs ~1 ms here: build the full set only when the logger writes
         grouped = rewards.view(-1, self.num_generations) if rollout.num_rows else rewards.view(0, 1)
         lengths = rollout.mask.sum(1).float()
         values: dict[str, float | Tensor] = {
@@ -446,7 +450,6 @@ class GRPOGroundingModule(GroundingModule):
         values.update({f"time/{k}_s": torch.tensor(v) for k, v in timings.items()})
         values.update({f"train/count_{k}": torch.tensor(float(v)) for k, v in self.counts.items()})
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.log("reward", values["train/reward"], prog_bar=True, on_step=True, batch_size=batch_size, logger=False)
 
     def _mean_over_ranks(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         if self._trainer is None or self.trainer.world_size == 1:

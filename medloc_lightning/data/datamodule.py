@@ -79,15 +79,25 @@ def records_to_hf(records: Sequence[Record]) -> Any:
 class GroundingDataset(torch.utils.data.Dataset):
     """The records of one JSONL file; ``ds[i]`` decodes the image (RGB) and returns a record dict."""
 
-    def __init__(self, table: Any, file: str) -> None:
+    def __init__(self, table: Any, file: str, cache_images: bool = False) -> None:
         self.table = table
         self.file = file
+        self.cache: dict[int, Any] | None = {} if cache_images else None
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.table[int(index)]
+        if self.cache is not None and index in self.cache:
+            return dict(self.cache[index])
+        record = self._load(int(index))
+        if self.cache is not None:
+            self.cache[index] = record
+            return dict(record)
+        return record
+
+    def _load(self, index: int) -> dict[str, Any]:
+        row = self.table[index]
         path, line = row["image"], row["line"]
         if not os.path.isfile(path):
             raise RecordError(Problem(self.file, line, "image", f"file not found: {path}"))
@@ -127,7 +137,8 @@ def collate_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def load_record_file(file: str, image_root: str | None = None, check_images: bool = True, skip_invalid: bool = False,
-                     max_records: int | None = None, name: str = "records") -> tuple[GroundingDataset, list[Problem]]:
+                     max_records: int | None = None, name: str = "records",
+                     cache_images: bool = False) -> tuple[GroundingDataset, list[Problem]]:
     """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping."""
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{name}: record file not found: {file}")
@@ -140,7 +151,7 @@ def load_record_file(file: str, image_root: str | None = None, check_images: boo
             raise ValueError(f"{summary}\nFix them (`medloc-data validate {file}` lists all) or pass skip_invalid=True.")
         warnings.warn(f"skipping invalid records: {summary}", UserWarning, stacklevel=2)
         log.warning("skipped %d invalid records of %s", n_bad, file)
-    return GroundingDataset(records_to_hf(records), file), problems
+    return GroundingDataset(records_to_hf(records), file, cache_images), problems
 
 
 class GroundingDataModule(pl.LightningDataModule):
@@ -150,12 +161,15 @@ class GroundingDataModule(pl.LightningDataModule):
     ``DistributedSampler`` (the sampler is one, so Lightning keeps it): the same seed gives the same
     global order on any number of ranks, with disjoint shards. Invalid records raise at ``setup`` unless
     ``skip_invalid=True``, which skips them with a warning and counts them in ``skipped``/``problems``.
+    ``cache_images=True`` keeps decoded images in memory after their first use (small sets such as the
+    synthetic data; one cache per worker process when ``num_workers > 0``).
     """
 
     def __init__(self, train_file: str | None = None, val_file: str | None = None, test_file: str | None = None,
                  predict_file: str | None = None, image_root: str | None = None, batch_size: int = 2,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
-                 skip_invalid: bool = False, check_images: bool = True, max_records: int | None = None) -> None:
+                 skip_invalid: bool = False, check_images: bool = True, max_records: int | None = None,
+                 cache_images: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
@@ -168,6 +182,7 @@ class GroundingDataModule(pl.LightningDataModule):
         self.skip_invalid = skip_invalid
         self.check_images = check_images
         self.max_records = max_records
+        self.cache_images = cache_images
         self.datasets: dict[str, GroundingDataset] = {}
         self.problems: dict[str, list[Problem]] = {}
         self.skipped: dict[str, int] = {}
@@ -180,7 +195,8 @@ class GroundingDataModule(pl.LightningDataModule):
             if file is None or split in self.datasets:
                 continue
             dataset, problems = load_record_file(file, self.image_root, self.check_images, self.skip_invalid,
-                                                 self.max_records, name=f"{split}_file")
+                                                 self.max_records, name=f"{split}_file",
+                                                 cache_images=self.cache_images)
             self.datasets[split] = dataset
             self.problems[split] = problems
             self.skipped[split] = count_bad_records(problems)

@@ -264,3 +264,14 @@ def test_mid_epoch_resume_continues_with_the_next_unseen_batch(data, tmp_path, r
     resumed = _fit_steps(_dm(data, seed=3, batch_size=3), tmp_path / "resumed", 7,
                          ckpt_path=tmp_path / "full" / f"step={resume_step}.ckpt")
     assert resumed == full[3 * resume_step:]
+
+
+def test_cache_images_keeps_decoded_images_and_returns_fresh_dicts(data):
+    dm = _dm(data, cache_images=True)
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    first, again = ds[3], ds[3]
+    assert first["image"] is again["image"]  # decoded once
+    first["query"] = "changed"
+    assert ds[3]["query"] != "changed"  # callers cannot corrupt the cache
+    assert _dm(data).datasets == {} and not hasattr(_dm(data), "cache")
