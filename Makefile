@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m medloc_lightning.quickstart
+	$(BIN)/medloc fit --config configs/quickstart.yaml
+	$(BIN)/medloc test --config configs/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/curriculum_overhead.py

@@ -23,6 +23,7 @@ __all__ = [
     "QWEN_MIN_PIXELS",
     "box_area",
     "box_iou",
+    "box_iou_numpy",
     "box_is_valid",
     "clip_box",
     "smart_resize",
@@ -106,6 +107,11 @@ def _iou(p: Any, t: Any, ops: tuple) -> Any:
     inter = relu(minimum(px2, tx2) - maximum(px1, tx1)) * relu(minimum(py2, ty2) - maximum(py1, ty1))
     union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
     return nan_to_zero(inter / union)
+
+
+def box_iou_numpy(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`box_iou` on NumPy arrays (same formula, same conventions); callers silence divide warnings."""
+    return _iou(pred, target, _NUMPY)
 
 
 _TORCH = (torch.maximum, torch.minimum, lambda x: x.clamp(min=0), lambda x: torch.nan_to_num(x, nan=0.0))

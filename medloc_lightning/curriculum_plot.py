@@ -1,0 +1,85 @@
+"""`CurriculumPlotCallback`: a PNG of τ, r̄, σ and m̄ over the optimizer steps, raise events marked.
+
+Written at the end of training to ``<log_dir>/curriculum.png`` (the logger's version folder, next to the
+TensorBoard events), and its path printed. It reads the schedule of the run's `ThresholdCurriculumCallback`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+
+from medloc_lightning.callback import ThresholdCurriculumCallback
+from medloc_lightning.plotting import plot_curves
+
+SERIES = ("tau", "hit_rate", "reward_std", "iou_margin")
+
+
+class CurriculumPlotCallback(pl.Callback):
+    """Record the curriculum's window statistics after every optimizer step and plot them at the end.
+
+    The values are taken before each training batch (so after the previous step's ``observe``, whatever the
+    callbacks' order) and once more at the end. A JSON copy of the series sits next to the PNG.
+    """
+
+    def __init__(self, filename: str = "curriculum.png", every_n_steps: int = 1) -> None:
+        super().__init__()
+        self.filename, self.every_n_steps = filename, max(1, int(every_n_steps))
+        self.history: dict[str, list[float]] = {"step": [], **{k: [] for k in SERIES}}
+        self.events: list[float] = []  # global steps at which tau rose
+        self._raises = 0
+        self.path: Path | None = None
+
+    def _curriculum(self, trainer: pl.Trainer) -> ThresholdCurriculumCallback | None:
+        return next((cb for cb in trainer.callbacks if isinstance(cb, ThresholdCurriculumCallback)), None)
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        curriculum = self._curriculum(trainer)
+        step = trainer.global_step
+        if curriculum is None or curriculum.schedule.num_steps == 0:
+            return
+        if self.history["step"] and self.history["step"][-1] == step:
+            return
+        stats = curriculum.schedule.stats
+        if curriculum.schedule.num_raises > self._raises:
+            self.events.append(step)
+            self._raises = curriculum.schedule.num_raises
+        self.history["step"].append(step)
+        for key in SERIES:
+            self.history[key].append(stats[key])
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._record(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer)
+        curriculum = self._curriculum(trainer)
+        if curriculum is None or not trainer.is_global_zero or not self.history["step"]:
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / self.filename
+        schedule = curriculum.schedule
+        hlines = {"iou_margin": schedule.min_margin} if hasattr(schedule, "min_margin") else None
+        title = f"{type(schedule).__name__}: tau {self.history['tau'][0]:.2f} -> {schedule.tau:.2f}, " \
+                f"{schedule.num_raises} raise(s) (dashed)"
+        plot_curves({k: self.history[k] for k in SERIES}, x=self.history["step"], path=self.path, title=title,
+                    events=self.events, hlines=hlines)
+        clean = {k: [None if isinstance(v, float) and math.isnan(v) else v for v in vs]
+                 for k, vs in self.history.items()}
+        self.path.with_suffix(".json").write_text(json.dumps({**clean, "events": self.events}))
+        rank_zero_info(f"[curriculum] plot of tau, hit rate, reward std and IoU margin written to {self.path}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {k: list(v) for k, v in self.history.items()}, "events": list(self.events),
+                "raises": self._raises}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self.events, self._raises = list(state_dict["events"]), int(state_dict["raises"])
