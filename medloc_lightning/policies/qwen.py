@@ -12,6 +12,7 @@ is therefore active only in gradient passes.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, par
 from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout
 from medloc_lightning.policies.qwen_batch import (
     append_completions,
+    shared_image_features,
     completion_mask,
     select_prompts,
     token_logprobs,
@@ -307,8 +309,17 @@ class QwenVLPolicy(GroundingPolicy):
     # ------------------------------------------------------------------ scoring
     def _score(self, model: nn.Module, prompts: dict[str, Tensor], prompt_index: Sequence[int],
                completion_ids: Tensor, mask: Tensor, temperature: float) -> Tensor:
-        """Teacher-forced per-token log-probs [n, T] of ``completion_ids`` after prompts ``prompt_index``."""
+        """Teacher-forced per-token log-probs [n, T] of ``completion_ids`` after prompts ``prompt_index``.
+
+        The G rows of one prompt share its image, so unsharded models run the vision tower once per distinct
+        image and hand the features to every row (identical log-probs; ~2.6x less work on the tiny model's
+        forward + backward at G = 8). Sharded models take the plain path: under FSDP the vision tower's root
+        parameters are only gathered inside the root forward.
+        """
         inputs = append_completions(select_prompts(prompts, prompt_index), completion_ids, mask)
+        if not self.synced_generation and _accepts_encoder_outputs(model):
+            inputs.pop("pixel_values")
+            inputs["mm_encoder_outputs"] = {"image": shared_image_features(model, prompts, prompt_index)}
         length = completion_ids.shape[1]
         logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]
         return token_logprobs(logits, completion_ids, temperature)
@@ -405,6 +416,12 @@ class QwenVLPolicy(GroundingPolicy):
         finally:
             target.generation_config = current
         self.processor.save_pretrained(directory)
+
+
+def _accepts_encoder_outputs(model: nn.Module) -> bool:
+    """Whether this transformers version's Qwen2.5-VL forward takes precomputed ``mm_encoder_outputs``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "mm_encoder_outputs" in inspect.signature(type(base).forward).parameters
 
 
 def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r: int, lora_dropout: float,

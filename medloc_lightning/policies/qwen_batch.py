@@ -5,7 +5,7 @@ Pure torch functions. Qwen's processor flattens every image's patches into one `
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -51,6 +51,20 @@ def select_prompts(prompts: Mapping[str, Tensor], index: Sequence[int] | Tensor)
     out["image_grid_thw"] = grid[rows.to(grid.device)]
     out["pixel_values"] = select_images(prompts["pixel_values"], grid, index_list)
     return out
+
+
+def shared_image_features(model: Any, prompts: Mapping[str, Tensor], index: Sequence[int]) -> Any:
+    """Vision features for rows ``index``, computed once per distinct prompt image and shared by its rows,
+    in the form Qwen2.5-VL's forward takes as ``mm_encoder_outputs["image"]``."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    distinct = sorted(set(index))
+    grid = prompts["image_grid_thw"]
+    pixels = select_images(prompts["pixel_values"], grid, distinct)
+    features = model.get_image_features(pixels, grid[torch.as_tensor(distinct, device=grid.device)],
+                                        return_dict=True).pooler_output
+    by_prompt = dict(zip(distinct, features))
+    return BaseModelOutputWithPooling(pooler_output=tuple(by_prompt[i] for i in index))
 
 
 def append_completions(prompts: Mapping[str, Tensor], completion_ids: Tensor, completion_mask: Tensor

@@ -238,6 +238,26 @@ def test_row_subsets_and_chunking_agree_with_the_full_call(tiny_qwen_dir: str) -
     assert policy.logprobs(rollout, torch.tensor([], dtype=torch.long)).shape == (0, rollout.mask.shape[1])
 
 
+@pytest.mark.parametrize("freeze_vision", [True, False])
+def test_shared_image_features_give_the_same_logprobs_and_grads(tiny_qwen_dir: str, freeze_vision: bool) -> None:
+    """One vision pass per distinct image (the default when unsharded) equals one pass per row."""
+    policy = make_policy(tiny_qwen_dir, freeze_vision=freeze_vision)
+    torch.manual_seed(0)
+    rollout = policy.sample(make_records(*SIZES), 3, 1.0)
+    results = []
+    for sharded in (True, False):  # synced_generation marks a sharded model: per-row vision passes
+        policy.synced_generation = sharded
+        policy.zero_grad()
+        logps = policy.logprobs(rollout)
+        (logps * rollout.mask).sum().backward()
+        results.append((logps.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (shared, shared_grads) = results
+    torch.testing.assert_close(shared * rollout.mask, plain * rollout.mask, atol=1e-5, rtol=0)
+    assert plain_grads.keys() == shared_grads.keys() and len(plain_grads) > 0
+    for name in plain_grads:
+        torch.testing.assert_close(shared_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_gradients_reach_trainable_parameters_only(tiny_qwen_dir: str) -> None:
     policy = make_policy(tiny_qwen_dir)
     torch.manual_seed(0)

@@ -1,0 +1,235 @@
+"""Shared pieces of the GRPO-step benchmarks (ours vs TRL): settings, records, timers and statistics.
+
+Both sides read one `BenchSettings`, train on the same records (noise images, one box each) and report
+through `StepRecorder`, so the only difference between the two runs is the trainer under test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+VARIANTS = ("full", "lora")
+"""``full``: full fine-tune, beta=0. ``lora``: LoRA r=8 on q/k/v/o, beta=0.04 (reference = adapters off)."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One side's run; identical for ours and TRL apart from ``side``."""
+
+    model_dir: str
+    variant: str = "full"
+    prompts: int = 2
+    generations: int = 8
+    new_tokens: int = 32
+    image_size: int = 224
+    temperature: float = 0.9
+    warmup: int = 3
+    steps: int = 12
+    loss_type: str = "grpo"
+    learning_rate: float = 1e-6
+    tau: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    lora_r: int = 8
+    log_every_n_steps: int = 1
+    """Our Trainer's logging interval; 1 matches TRL's ``logging_steps=1`` (Lightning's default is 50)."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.warmup < 1 or self.steps < 1:
+            raise ValueError(f"need warmup >= 1 and steps >= 1, got {self.warmup}, {self.steps}")
+
+    @property
+    def beta(self) -> float:
+        return 0.04 if self.variant == "lora" else 0.0
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+    @property
+    def pixels(self) -> int:
+        return self.image_size * self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def configure_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (call after ``OMP_NUM_THREADS`` is set in the environment)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def make_records(count: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` grounding records with ``size``² noise images and a box inside each (original pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+        x1, y1 = (int(v) for v in rng.integers(0, size // 2, size=2))
+        x2, y2 = x1 + size // 3, y1 + size // 4
+        out.append({"id": f"bench-{i}", "image": Image.fromarray(pixels, "RGB"), "query": "lesion",
+                    "bbox": [float(x1), float(y1), float(x2), float(y2)], "width": size, "height": size})
+    return out
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def describe(values: list[float]) -> dict[str, float]:
+    """Median, quartiles, IQR, mean, min, max and count of ``values``."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {"n": len(ordered), "median": statistics.median(ordered), "q1": q1, "q3": q3, "iqr": q3 - q1,
+            "mean": statistics.fmean(ordered), "min": ordered[0], "max": ordered[-1]}
+
+
+class CallTimer:
+    """Wraps a bound method (e.g. ``model.generate``) on its instance, sums the wall time of its calls and
+    hands each call's arguments and result to ``probe``."""
+
+    def __init__(self, owner: Any, name: str, sync: Callable[[], None] | None = None,
+                 probe: Callable[[tuple, dict, Any], None] | None = None) -> None:
+        self.total = 0.0
+        self.calls = 0
+        original = getattr(owner, name)
+        sync = sync or (lambda: None)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            sync()
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            sync()
+            self.total += time.perf_counter() - start
+            self.calls += 1
+            if probe is not None:
+                probe(args, kwargs, result)
+            return result
+
+        setattr(owner, name, timed)
+
+    def take(self) -> float:
+        """Seconds spent since the last ``take`` (and reset)."""
+        value, self.total = self.total, 0.0
+        return value
+
+
+def generate_probe(calls: list[dict[str, int]]) -> Callable[[tuple, dict, Any], None]:
+    """A `CallTimer` probe for ``generate``: rows, prompt length and new tokens of each call."""
+    def probe(args: tuple, kwargs: dict, result: Any) -> None:
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        calls.append({"input_rows": int(ids.shape[0]), "output_rows": int(result.shape[0]),
+                      "prompt_len": int(ids.shape[1]),
+                      "new_tokens": int(result.shape[1] - ids.shape[1])})
+    return probe
+
+
+class StepRecorder:
+    """Wall and process-CPU time between consecutive optimizer-step ends, plus per-step extras; warm-up
+    steps dropped. CPU time is the steadier figure on a shared machine: waiting for a core is not in it."""
+
+    def __init__(self, warmup: int, sync: Callable[[], None] | None = None) -> None:
+        self.warmup = warmup
+        self.sync = sync or (lambda: None)
+        self.step = 0
+        self._last: tuple[float, float] | None = None
+        self.step_times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.extras: list[dict[str, float]] = []
+
+    def step_end(self, extras: dict[str, float] | None = None) -> None:
+        self.sync()
+        now = (time.perf_counter(), time.process_time())
+        self.step += 1
+        if self.step > self.warmup and self._last is not None:
+            self.step_times.append(now[0] - self._last[0])
+            self.cpu_times.append(now[1] - self._last[1])
+            self.extras.append(dict(extras or {}))
+        self._last = now
+
+    def summary(self) -> dict[str, Any]:
+        keys = sorted({k for e in self.extras for k in e})
+        return {"step_s": describe(self.step_times), "cpu_step_s": describe(self.cpu_times),
+                "step_times": self.step_times, "cpu_times": self.cpu_times,
+                "extras": {k: describe([e[k] for e in self.extras if k in e]) for k in keys},
+                "per_step": self.extras, "timed_steps": len(self.step_times)}
+
+
+def cuda_sync(device: str) -> Callable[[], None] | None:
+    """``torch.cuda.synchronize`` for a CUDA device (so timers see finished kernels), else None."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, CPU count and load average, for the results file."""
+    import importlib.metadata as md
+    import platform
+
+    def version(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "machine": platform.machine(), "nproc": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "loadavg": list(os.getloadavg()),
+            **{name: version(name) for name in ("torch", "transformers", "trl", "lightning", "peft",
+                                                "accelerate", "tokenizers", "datasets")}}
+
+
+def run_side(side: str, settings: BenchSettings, timeout: float = 1800) -> dict[str, Any]:
+    """Run one side (``"ours"`` or ``"trl"``) in a fresh interpreter, so its peak RSS and import state
+    are its own; returns the worker's result with the load average before and after."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads),
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(here.parent), str(here), os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory(prefix="grpo-bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        load_before = list(os.getloadavg())
+        proc = subprocess.run([sys.executable, str(here / "_grpo_bench_worker.py"), side,
+                               json.dumps(settings.to_dict()), str(result_path)],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not result_path.is_file():
+            raise RuntimeError(f"{side} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        result = json.loads(result_path.read_text())
+    result["loadavg_before"], result["loadavg_after"] = load_before, list(os.getloadavg())
+    return result

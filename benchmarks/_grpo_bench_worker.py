@@ -1,0 +1,39 @@
+"""Worker entry of the GRPO-step benchmarks: ``python _grpo_bench_worker.py SIDE SETTINGS_JSON RESULT_PATH``.
+
+Runs one side in this (fresh) interpreter with the settings' thread count and writes its result as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+
+from _grpo_bench_common import BenchSettings, configure_threads, environment  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+    side, settings_json, result_path = argv
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = BenchSettings(**json.loads(settings_json))
+    configure_threads(settings.threads)
+    if side == "ours":
+        from _grpo_bench_ours import run_ours as run
+    elif side == "trl":
+        from _grpo_bench_trl import run_trl as run
+    else:
+        raise ValueError(f"side must be 'ours' or 'trl', got {side!r}")
+    result = run(settings)
+    import torch
+
+    result["torch_threads"] = torch.get_num_threads()
+    result["environment"] = environment()
+    if settings.device.startswith("cuda"):
+        result["device_name"] = torch.cuda.get_device_name()
+    Path(result_path).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
