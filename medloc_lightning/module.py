@@ -327,7 +327,8 @@ class GRPOGroundingModule(GroundingModule):
             epsilon=self.epsilon,
             epsilon_high=self.epsilon_high,
             loss_type=self.loss_type,
-            max_completion_length=mask.shape[1],
+            # dr_grpo's constant: the generation limit (TRL's max_completion_length), not this batch's width
+            max_completion_length=max(getattr(self.policy, "max_new_tokens", 0), mask.shape[1]),
             total_sequences=n,
             total_tokens=total_tokens,
         )
