@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import lightning.pytorch as pl
@@ -81,9 +81,13 @@ class LabResult:
     wall_s: float
     taus: list[float] = field(default_factory=list)
     hit_rates: list[float] = field(default_factory=list)
+    policy: Any = field(default=None, repr=False, compare=False)
+    """The trained policy with ``run(..., return_policy=True)``, else None; never part of `to_dict`."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(replace(self, policy=None))
+        out.pop("policy")
+        return out
 
 
 class _Recorder(pl.Callback):
@@ -108,7 +112,8 @@ class _Recorder(pl.Callback):
 
 def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int = 0, *,
         policy_kwargs: dict[str, Any] | None = None, num_generations: int = 8, learning_rate: float = 1e-3,
-        temperature: float = 1.0, val_every: int | None = None, log_dir: str | None = None) -> LabResult:
+        temperature: float = 1.0, val_every: int | None = None, log_dir: str | None = None,
+        return_policy: bool = False) -> LabResult:
     """Train BoxPolicy with ``method`` for ``steps`` optimizer steps on ``data``, then test it."""
     from medloc_lightning.policies.box import BoxPolicy
 
@@ -152,6 +157,7 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
         num_raises=0 if schedule is None else schedule.num_raises,
         final_tau=float("nan") if schedule is None else schedule.tau,
         wall_s=wall, taus=recorder.taus, hit_rates=recorder.hit_rates,
+        policy=policy.eval() if return_policy else None,
     )
 
 
