@@ -6,7 +6,7 @@ Records per model and side: step time (median, IQR), rollout tokens/s (completio
 offline: the 3B folder is built here from the public config with random init (see
 ``_grpo_bench_models.py``). Each (model, side) runs in its own interpreter; a failing one is recorded
 with its error and the rest still run. TRL needs ``trl`` and ``datasets`` importable; without them the TRL
-rows are recorded as skipped (docs/benchmarks_grpo.md shows how to carry the wheels).
+rows are recorded as skipped (docs/benchmarks.md shows how to carry the wheels).
 
 Run on a GPU machine:  python benchmarks/gpu_grpo_step.py --out $OUT/gpu.json
 CPU smoke test:        python benchmarks/gpu_grpo_step.py --device cpu --tiny-only --warmup 1 --steps 2

@@ -73,8 +73,9 @@ def _plain(values: list[float], digits: int = 1) -> str:
 
 
 def _table(rows: list[str], by: dict[str, list[dict]], paper: dict | None, paper_cols: list[str]) -> list[str]:
-    head = "| method | Acc@0.5 | Acc@0.75 | pseudo-mAP | mIoU | zero-std groups, first 20% | τ raises | wall s |"
-    sep = "|---|---|---|---|---|---|---|---|"
+    head = ("| method | Acc@0.5 | Acc@0.75 | pseudo-mAP | mIoU | zero-std groups, first 20% | of which all-fail | "
+            "τ raises | wall s |")
+    sep = "|---|---|---|---|---|---|---|---|---|"
     if paper:
         head += "".join(f" paper {c} |" for c in paper_cols)
         sep += "---|" * len(paper_cols)
@@ -85,7 +86,8 @@ def _table(rows: list[str], by: dict[str, list[dict]], paper: dict | None, paper
             continue
         cells = [_mean_std([r["test"]["acc@0.5"] for r in runs]), _mean_std([r["test"]["acc@0.75"] for r in runs]),
                  _mean_std([r["test"]["pseudo_map"] for r in runs]), _mean_std([r["test"]["miou"] for r in runs]),
-                 _mean_std([r["zero_std_early"] for r in runs]), _plain([r["num_raises"] for r in runs]),
+                 _mean_std([r["zero_std_early"] for r in runs]), _mean_std([r["all_fail_early"] for r in runs]),
+                 _plain([r["num_raises"] for r in runs]),
                  _plain([r["wall_s"] for r in runs], 0)]
         line = f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |"
         if paper:
@@ -118,7 +120,7 @@ def _plots(by: dict[str, list[dict]], figures: Path, suffix: str) -> list[str]:
             if by.get(m):
                 taus = by[m][0]["taus"]
                 curves[m] = (list(range(len(taus))), taus)
-        if curves:
+        if len(curves) > 1:
             path = figures / f"reproduction_tau_{name}{suffix}.png"
             plot_overlay(curves, path, title=f"tau per step (seed {by[next(iter(curves))][0]['seed']})", ylabel="tau")
             written.append(str(path.relative_to(ROOT)))
@@ -141,6 +143,8 @@ def report(results: list[dict], args: argparse.Namespace, command: str, elapsed:
     lines += _table(MAIN, by, PAPER_MAIN, ["Acc@0.5", "Acc@0.75"])
     lines += ["", _ordering(by, {m: v for m, v in PAPER_MAIN.items()}, "acc@0.75", 1), ""]
     for title, methods in ABLATIONS:
+        if sum(bool(by.get(m)) for m in methods) < 2:
+            continue  # nothing to compare (--quick runs only the main methods)
         lines += [f"### Ablation: {title}", ""]
         paper = {m: PAPER_ABLATION[m] for m in methods if m in PAPER_ABLATION}
         lines += _table(methods, by, paper or None, ["Acc@0.75 (HAM10000)"])
@@ -170,7 +174,7 @@ def main() -> None:
 
     grid = sorted(set(MAIN) | {m for _, ms in ABLATIONS for m in ms}, key=list(METHODS).index)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    args.steps = args.steps or (300 if args.quick else 600)
+    args.steps = args.steps or (500 if args.quick else 1000)
     methods = args.methods or (MAIN if args.quick else grid)
     data_kwargs = {"n": args.n, "size": args.size, "batch_size": args.batch_size}
 

@@ -76,6 +76,9 @@ class LabResult:
     val: dict[str, float]
     zero_std_early: float
     """Fraction of all-equal reward groups (zero advantage) over the first 20% of the steps."""
+    all_fail_early: float
+    """Of all groups in the first 20% of the steps, the fraction where no completion earned any accuracy reward:
+    the all-zero groups that starve a strict threshold (the rest of ``zero_std_early`` are all-pass groups)."""
     num_raises: int
     final_tau: float
     wall_s: float
@@ -91,13 +94,15 @@ class LabResult:
 
 
 class _Recorder(pl.Callback):
-    """Per-step τ, window hit rate, and the zero-std group count at 20% of the run."""
+    """Per-step τ and window hit rate, and the zero-std and all-fail group fractions over the first 20% of the run."""
 
-    def __init__(self, steps: int) -> None:
+    def __init__(self, steps: int, reward: GroundingReward | None) -> None:
         self.early_at = max(1, round(0.2 * steps))
+        self.reward = reward
         self.taus: list[float] = []
         self.hit_rates: list[float] = []
         self.zero_std_early: float | None = None
+        self._groups = self._all_fail = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.taus.append(float(getattr(pl_module, "iou_threshold", float("nan"))))
@@ -105,13 +110,22 @@ class _Recorder(pl.Callback):
         self.hit_rates.append(curriculum.schedule.stats["hit_rate"] if curriculum else float("nan"))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.zero_std_early is None and trainer.global_step >= self.early_at and hasattr(pl_module, "counts"):
-            groups = trainer.global_step * len(batch)
-            self.zero_std_early = pl_module.counts["zero_std_groups"] / max(groups, 1)
+        if self.reward is None or self.zero_std_early is not None:
+            return
+        ious = outputs["ious"].detach().reshape(len(batch), -1).cpu()
+        earned = self.reward.accuracy(ious, self.taus[-1]) > 0
+        self._groups += len(batch)
+        self._all_fail += int((~earned.any(1)).sum())
+        if trainer.global_step >= self.early_at:
+            self.zero_std_early = pl_module.counts["zero_std_groups"] / max(self._groups, 1)
+
+    @property
+    def all_fail_early(self) -> float:
+        return self._all_fail / self._groups if self._groups else float("nan")
 
 
 def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int = 0, *,
-        policy_kwargs: dict[str, Any] | None = None, num_generations: int = 8, learning_rate: float = 1e-3,
+        policy_kwargs: dict[str, Any] | None = None, num_generations: int = 8, learning_rate: float = 2e-3,
         temperature: float = 1.0, val_every: int | None = None, log_dir: str | None = None,
         return_policy: bool = False) -> LabResult:
     """Train BoxPolicy with ``method`` for ``steps`` optimizer steps on ``data``, then test it."""
@@ -130,7 +144,7 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
                                      reward=GroundingReward(kind=spec.reward), learning_rate=learning_rate,
                                      micro_batch_size=1024, seed=seed, log_samples_every=0)
         callbacks.append(ThresholdCurriculumCallback(spec.schedule(steps), prog_bar=False))
-    recorder = _Recorder(steps)
+    recorder = _Recorder(steps, None if spec.schedule is None else module.reward)
     callbacks.append(recorder)
     logger: Any = False
     if log_dir is not None:
@@ -154,6 +168,7 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
         test={k.removeprefix("test/"): float(v) for k, v in test.items()},
         val={k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
         zero_std_early=float("nan") if recorder.zero_std_early is None else float(recorder.zero_std_early),
+        all_fail_early=recorder.all_fail_early,
         num_raises=0 if schedule is None else schedule.num_raises,
         final_tau=float("nan") if schedule is None else schedule.tau,
         wall_s=wall, taus=recorder.taus, hit_rates=recorder.hit_rates,

@@ -1,5 +1,6 @@
-"""BoxPolicy: the policy interface, answers that parse back to the boxes, log densities, reference, export,
-seeding, query sensitivity, and short GRPO / SFT learning runs on synthetic records."""
+"""BoxPolicy: the policy interface, answers that parse back to the boxes, the mixture's log densities and
+sampling, the reuse of the sampling pass, reference, export, seeding, query and polarity handling, and short
+GRPO / SFT learning runs on synthetic records (including sparse-reward GRPO through the real module)."""
 from __future__ import annotations
 
 import json
@@ -19,16 +20,19 @@ from torch.utils.data import DataLoader
 
 import lightning.pytorch as pl
 from medloc_lightning.boxes import box_iou
-from medloc_lightning.data.synth import generate
+from medloc_lightning.data.synth import SynthConfig, generate
 from medloc_lightning.callback import ThresholdCurriculumCallback
 from medloc_lightning.grpo import group_advantages, grpo_loss
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.parsing import has_valid_format, parse_box
 from medloc_lightning.policies import GroundingPolicy, Rollout, gt_boxes
 from medloc_lightning.policies.box import BoxPolicy, boxes_to_params, params_to_boxes, pixel_boxes
+from medloc_lightning.policies.box_mixture import (component_std, mixture_log_weights, mixture_logprob,
+                                                   sample_mixture)
 from medloc_lightning.policies.box_net import MIN_SIZE, PATCH, patchify, query_ids, query_tokens
+from medloc_lightning.rewards import GroundingReward
 
-SMALL = dict(image_size=64, channels=16, query_dim=32, vocab_buckets=512, hidden=64)
+SMALL = dict(image_size=64, channels=16, query_dim=32, vocab_buckets=512)
 """A small BoxPolicy: the learning tests stay fast on a loaded 2-core box."""
 
 
@@ -45,6 +49,14 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Ten mixed-modality synthetic records (96 px), all splits together."""
     out = tmp_path_factory.mktemp("synth-box")
     generate(out, n=10, seed=3, modality="mixed", size=96)
+    return [r for split in ("train", "val", "test") for r in load_split(out, split)]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Sixteen 'lab' dermoscopy records (96 px, one small lesion each): a random box almost never reaches IoU 0.5."""
+    out = tmp_path_factory.mktemp("synth-lab")
+    generate(out, n=16, seed=7, modality="dermoscopy", size=96, config=SynthConfig.preset("lab"))
     return [r for split in ("train", "val", "test") for r in load_split(out, split)]
 
 
@@ -94,7 +106,9 @@ def test_sample_conforms_to_the_rollout_contract(synth: list[dict]) -> None:
     assert rollout.logps is not None and rollout.logps.shape == (n, 1) and rollout.logps.dtype == torch.float32
     assert not rollout.logps.requires_grad and torch.isfinite(rollout.logps).all()
     assert rollout.kept is None and rollout.rejected == {}
-    assert rollout.info["std_mean"].shape == (n,)
+    assert set(rollout.info) == {"std_centre", "std_size", "mixture_entropy"}
+    assert all(v.shape == (n,) for v in rollout.info.values())
+    assert rollout.state.components.shape == (n,)
 
 
 def test_answers_parse_back_to_exactly_the_boxes(synth: list[dict], odd_sizes: list[dict]) -> None:
@@ -149,14 +163,21 @@ def test_box_parameters_invert_for_boxes_inside_the_image(width: int, height: in
 
 
 def test_patchify_standardises_each_channel_then_unshuffles() -> None:
-    pixels = np.random.default_rng(0).random((3, 16, 24), dtype=np.float32)
-    pixels[1] *= 0.1
-    t = torch.from_numpy(pixels)
-    standard = (t - t.mean((1, 2), keepdim=True)) / (t.std((1, 2), unbiased=False, keepdim=True) + 0.05)
-    expected = torch.nn.functional.pixel_unshuffle(standard.unsqueeze(0), PATCH)[0]
-    out = patchify(pixels)
-    assert out.dtype == np.float32 and out.shape == (3 * PATCH * PATCH, 16 // PATCH, 24 // PATCH)
-    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-5, atol=1e-5)
+    images = torch.from_numpy(np.random.default_rng(0).random((2, 16, 24, 3), dtype=np.float32))
+    images[1, ..., 1] *= 0.1
+    t = images.permute(0, 3, 1, 2).double()
+    standard = (t - t.mean((2, 3), keepdim=True)) / (t.std((2, 3), unbiased=False, keepdim=True) + 0.05)
+    expected = torch.nn.functional.pixel_unshuffle(standard, PATCH).float()
+    out = patchify(images)
+    assert out.dtype == torch.float32 and out.shape == (2, 3 * PATCH * PATCH, 16 // PATCH, 24 // PATCH)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
+    torch.testing.assert_close(patchify(pixels), patchify(pixels.float() / 255), rtol=1e-5, atol=1e-5)
+
+
+def test_patchify_of_the_negative_image_is_the_negative() -> None:
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8))
+    torch.testing.assert_close(patchify(255 - pixels), -patchify(pixels), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- log densities
@@ -169,16 +190,54 @@ def test_logprobs_at_sampling_time_equal_the_rollout_logps(synth: list[dict]) ->
         torch.testing.assert_close(again.detach(), rollout.logps, rtol=1e-5, atol=1e-5)
 
 
-def test_logprob_is_the_gaussian_log_density_at_the_scaled_std(synth: list[dict]) -> None:
+def test_logprob_is_the_mixture_log_density_at_the_temperature(synth: list[dict]) -> None:
+    # independent reference: torch.distributions, weights softmax(logits / T), stds scaled by T, centre stds
+    # proportional to each cell's own box side
     policy = BoxPolicy(**SMALL)
     batch, group, temperature = synth[:3], 5, 1.7
     rollout = policy.sample(batch, group, temperature)
     images, ids, offsets, _ = policy.encode(batch)
     with torch.no_grad():
-        mean = policy.net(images, ids, offsets).repeat_interleave(group, 0)
-    normal = torch.distributions.Normal(mean, policy.net.std() * temperature)
-    expected = normal.log_prob(rollout.state.params).sum(1, keepdim=True)
-    torch.testing.assert_close(rollout.logps, expected, rtol=1e-5, atol=1e-5)
+        logits, means = policy.net(images, ids, offsets)
+    mult = policy.net.std() * temperature
+    sides = means[..., 2:].exp()
+    stds = torch.cat([mult[:2] * sides, mult[2:].expand_as(sides)], -1)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits / temperature),
+        torch.distributions.Independent(torch.distributions.Normal(means, stds), 1))
+    expected = mixture.log_prob(rollout.state.params.view(len(batch), group, 4).transpose(0, 1)).T.reshape(-1, 1)
+    torch.testing.assert_close(rollout.logps, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_sample_mixture_draws_each_row_from_its_component() -> None:
+    torch.manual_seed(0)
+    means = torch.tensor([[[0.2, 0.3, -2.0, -2.0], [0.8, 0.7, -1.0, -1.5]]])
+    std = torch.tensor([0.1, 0.2, 0.05, 0.3])
+    log_weights = mixture_log_weights(torch.tensor([[0.0, math.log(3.0)]]), 1.0)
+    params, components = sample_mixture(log_weights, means, std, 2.0, 4000)
+    assert params.shape == (4000, 4) and components.shape == (1, 4000)
+    assert abs(components.float().mean().item() - 0.75) < 0.03  # weights 1/4, 3/4
+    for c in (0, 1):
+        rows = params[components[0] == c]
+        expected_std = component_std(means[0, c], std, 2.0)
+        torch.testing.assert_close(rows.mean(0), means[0, c], atol=4 * float(expected_std.max()) / 20, rtol=0)
+        torch.testing.assert_close(rows.std(0) / expected_std, torch.ones(4), atol=0.1, rtol=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(shift=st.floats(-3, 3), scale=st.floats(0.05, 3.0))
+def test_mixture_logprob_integrates_to_one_over_a_grid(shift: float, scale: float) -> None:
+    # 1-d check of the density through the 4-d function: three dimensions at their means contribute a known
+    # constant, the fourth is integrated numerically
+    means = torch.tensor([[[0.5, 0.5, -2.0, shift], [0.5, 0.5, -2.0, shift + 1.0]]])
+    stds = torch.tensor([[[0.1, 0.1, 0.1, scale], [0.1, 0.1, 0.1, scale / 2]]])
+    grid = torch.linspace(shift - 12 * scale - 2, shift + 12 * scale + 3, 20001, dtype=torch.float64)
+    params = torch.stack([torch.full_like(grid, 0.5), torch.full_like(grid, 0.5), torch.full_like(grid, -2.0), grid], 1)
+    log_weights = torch.log(torch.tensor([[0.3, 0.7]]))
+    dens = mixture_logprob(params, log_weights.double().expand(len(grid), 2), means.double().expand(len(grid), 2, 4),
+                           stds.double().expand(len(grid), 2, 4)).exp().squeeze(1)
+    rest = (2 * math.pi * 0.01) ** -1.5  # the three other dimensions, at their means
+    assert abs(torch.trapezoid(dens, grid).item() / rest - 1.0) < 1e-3
 
 
 def test_logprobs_of_row_subsets_match_the_full_rollout(synth: list[dict]) -> None:
@@ -190,6 +249,39 @@ def test_logprobs_of_row_subsets_match_the_full_rollout(synth: list[dict]) -> No
         assert sub.shape == (len(rows), 1)
         torch.testing.assert_close(sub.detach(), full[rows], rtol=1e-5, atol=1e-5)
     assert policy.logprobs(rollout, torch.tensor([], dtype=torch.long)).shape == (0, 1)
+
+
+def test_the_first_logprobs_call_reuses_the_sampling_pass_only_while_the_weights_are_unchanged(
+        synth: list[dict]) -> None:
+    policy = BoxPolicy(**SMALL)
+    calls = []
+    policy.net.register_forward_hook(lambda *_: calls.append(1))
+    optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=0.05)
+    rollout = policy.sample(synth[:4], 3, 1.3)
+    assert len(calls) == 1
+    reused = policy.logprobs(rollout)
+    assert len(calls) == 1 and reused.requires_grad  # no second forward
+    fresh = policy.logprobs(rollout)  # the kept outputs are used once
+    assert len(calls) == 2
+    torch.testing.assert_close(reused.detach(), fresh.detach(), rtol=1e-6, atol=1e-6)
+    reused.mean().backward()
+    grads = {k: p.grad.clone() for k, p in policy.named_parameters()}
+    policy.zero_grad()
+    fresh.mean().backward()
+    for k, p in policy.named_parameters():
+        torch.testing.assert_close(p.grad, grads[k], rtol=1e-5, atol=1e-7)
+
+    # after an optimizer step the kept outputs are stale: logprobs runs the network again
+    second = policy.sample(synth[:4], 3, 1.3)
+    optimizer.step()
+    calls.clear()
+    after = policy.logprobs(second)
+    assert len(calls) == 1
+    assert (after.detach() - second.logps).abs().max() > 1e-4
+    # without grad mode nothing is kept (evaluation, or the old log-probs of a multi-iteration step)
+    with torch.no_grad():
+        third = policy.sample(synth[:2], 2, 1.0)
+    assert third.state.proposals is None
 
 
 def test_gradients_reach_every_part_of_the_network(synth: list[dict]) -> None:
@@ -204,22 +296,30 @@ def test_gradients_reach_every_part_of_the_network(synth: list[dict]) -> None:
 def test_fixed_std_is_not_trained() -> None:
     policy = BoxPolicy(**SMALL, learn_std=False, init_std=0.3)
     assert torch.equal(policy.net.std(), torch.full((4,), 0.3))
+    assert torch.allclose(BoxPolicy(**SMALL, init_std=0.25).net.std(), torch.full((4,), 0.25))
     assert all("std" not in name for name, _ in policy.named_parameters())
     assert "net.fixed_std" in policy.state_dict()
 
 
-def test_temperature_scales_the_spread(synth: list[dict]) -> None:
+def test_temperature_scales_the_std_and_flattens_the_mixture(synth: list[dict]) -> None:
     policy = BoxPolicy(**SMALL)
-    spreads = {}
+    images, ids, offsets, _ = policy.encode(synth[:2])
+    with torch.no_grad():
+        logits, means = policy.net(images, ids, offsets)
+    spreads, entropies = {}, {}
     for temperature in (0.5, 2.0):
         torch.manual_seed(0)
-        rollout = policy.sample(synth[:2], 64, temperature)
-        params = rollout.state.params.view(2, 64, 4)
-        spreads[temperature] = params.std(1).mean().item()
-        expected = policy.net.std().mean().item() * temperature
-        assert rollout.info["std_mean"][0].item() == pytest.approx(expected, rel=1e-5)
-    # same noise draws, so the spread scales exactly with the temperature
-    assert spreads[2.0] == pytest.approx(4 * spreads[0.5], rel=1e-4)
+        rollout = policy.sample(synth[:2], 400, temperature)
+        components = rollout.state.components.view(2, 400)
+        chosen = means.gather(1, components.unsqueeze(-1).expand(-1, -1, 4)).reshape(-1, 4)
+        z = (rollout.state.params - chosen) / component_std(chosen, policy.net.std(), 1.0)
+        spreads[temperature] = z.std(0)
+        entropies[temperature] = rollout.info["mixture_entropy"][0].item()
+        expected = policy.net.std()[:2].mean().item() * temperature
+        assert rollout.info["std_centre"][0].item() == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(spreads[0.5], torch.full((4,), 0.5), atol=0.05, rtol=0)
+    torch.testing.assert_close(spreads[2.0], torch.full((4,), 2.0), atol=0.2, rtol=0)
+    assert entropies[2.0] > entropies[0.5]
 
 
 # ---------------------------------------------------------------- reference
@@ -257,7 +357,12 @@ def test_export_round_trip(tmp_path: Path, synth: list[dict]) -> None:
     (texts, boxes), (loaded_texts, loaded_boxes) = policy.predict(synth[:4]), loaded.predict(synth[:4])
     assert loaded_texts == texts and '"label": "spot"' in texts[0]
     assert torch.equal(loaded_boxes, boxes)
-    assert json.loads((tmp_path / "out" / "box_policy.json").read_text())["config"]["seed"] == 4
+    meta = json.loads((tmp_path / "out" / "box_policy.json").read_text())
+    assert meta["config"]["seed"] == 4 and meta["version"] == 2
+    meta["version"] = 1
+    (tmp_path / "out" / "box_policy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'version'"):
+        BoxPolicy.from_export(str(tmp_path / "out"))
 
 
 def test_from_export_rejects_a_folder_without_an_export(tmp_path: Path) -> None:
@@ -304,10 +409,25 @@ def test_the_query_changes_the_prediction_of_an_initialised_model() -> None:
     policy = BoxPolicy()
     images, ids, offsets, _ = policy.encode([first, second])
     with torch.no_grad():
-        means = policy.net(images, ids, offsets)
-    assert (means[0] - means[1]).abs().max() > 1e-3
-    _, boxes = policy.predict([first, second])
-    assert not torch.equal(boxes[0], boxes[1])
+        logits, means = policy.net(images, ids, offsets)
+    assert (logits[0] - logits[1]).abs().max() > 1e-3 and (means[0] - means[1]).abs().max() > 1e-3
+
+
+def test_without_a_polarity_the_network_cannot_tell_an_image_from_its_negative() -> None:
+    # The query's polarity sign is the only way intensity sign enters: at sign 0 (an untrained query) dark and
+    # bright targets look alike, which is what lets an untrained policy find both.
+    policy = BoxPolicy(**SMALL)
+    record = noise_record(5, 64, 64)  # the network's own side: no resampling, so the negative is exact
+    negative = dict(record, image=Image.fromarray(255 - np.asarray(record["image"])))
+    images, ids, offsets, _ = policy.encode([record, negative])
+    with torch.no_grad():
+        signed = policy.net(images, ids, offsets)
+        torch.nn.init.zeros_(policy.net.polarity.weight)
+        torch.nn.init.zeros_(policy.net.polarity.bias)
+        unsigned = policy.net(images, ids, offsets)
+    assert (signed.logits[0] - signed.logits[1]).abs().max() > 1e-4
+    torch.testing.assert_close(unsigned.logits[0], unsigned.logits[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unsigned.means[0], unsigned.means[1], rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- bad input
@@ -329,6 +449,8 @@ def test_bad_arguments_are_rejected(synth: list[dict]) -> None:
         BoxPolicy(image_size=100)
     with pytest.raises(ValueError, match="init_std > min_std"):
         BoxPolicy(init_std=0.01, min_std=0.02)
+    with pytest.raises(ValueError, match="min_std > 0"):
+        BoxPolicy(min_std=0.0)
     policy = BoxPolicy(**SMALL)
     for group, temperature in ((0, 1.0), (2, 0.0), (2, math.nan)):
         with pytest.raises(ValueError):
@@ -354,11 +476,12 @@ def test_grpo_with_iou_rewards_improves_mean_iou(synth: list[dict]) -> None:
     policy = BoxPolicy(**SMALL, seed=1)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
     start = mean_iou(policy, batch)
-    sampled = [grpo_step(policy, optimizer, batch, 8).mean().item() for _ in range(150)]
+    sampled = [grpo_step(policy, optimizer, batch, 8).mean().item() for _ in range(80)]
     end = mean_iou(policy, batch)
-    # seeds 0-3 of this set-up gain 0.19-0.47 (greedy) and 0.15-0.41 (sampled) from about 0.06
-    assert end > start + 0.15, (start, end)
-    assert np.mean(sampled[-20:]) > np.mean(sampled[:20]) + 0.1, (sampled[:20], sampled[-20:])
+    # seeds 0-3 of this set-up: greedy mean IoU from <= 0.06 to 0.59-0.86, sampled from about 0.1 to 0.52-0.72
+    # (the single-Gaussian policy this one replaced: 0.31-0.58 and 0.25-0.46)
+    assert end > start + 0.4, (start, end)
+    assert np.mean(sampled[-20:]) > np.mean(sampled[:20]) + 0.3, (sampled[:20], sampled[-20:])
 
 
 def test_sft_loss_decreases_and_regresses_the_boxes(synth: list[dict]) -> None:
@@ -373,9 +496,9 @@ def test_sft_loss_decreases_and_regresses_the_boxes(synth: list[dict]) -> None:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    # seeds 0-3: the NLL falls from about 9 to about -4.9, and mean IoU rises from about 0.05 to 0.76-0.99
+    # seeds 0-3: the NLL falls from about 1.1 to about -7.8, and mean IoU rises from <= 0.06 to 1.00
     assert losses[-1] < losses[0] - 4.0, losses[::10]
-    assert mean_iou(policy, batch) > start_iou + 0.4
+    assert mean_iou(policy, batch) > max(start_iou + 0.4, 0.8)
 
 
 # ---------------------------------------------------------------- the real modules
@@ -403,11 +526,45 @@ def test_grpo_module_trains_box_policy_with_reference_chunks_and_reused_rollouts
     callback = ThresholdCurriculumCallback()
     trainer, logged, validated = run_trainer(module, synth[:8], 4, (callback,))  # 2 rollouts x 2 steps each
     assert trainer.global_step == 4 and policy.has_reference_copy
-    assert logged["train/std_mean"] > 0 and logged["train/parse_rate"] == 1.0 and math.isfinite(logged["train/kl"])
+    assert logged["train/std_centre"] > 0 and logged["train/mixture_entropy"] > 0 and logged["train/parse_rate"] == 1.0 and math.isfinite(logged["train/kl"])
     assert validated["val/parse_rate"] == 1.0 and 0 <= validated["val/miou"] <= 1
     assert any(not torch.equal(start[k], v) for k, v in policy.state_dict().items())
     for key, value in policy._reference.state_dict().items():
         assert torch.equal(value, start[f"net.{key}"]), key
+
+
+class RecordIoUs(pl.Callback):
+    """Keeps the sampled IoUs that each GRPO training step returns."""
+
+    def __init__(self) -> None:
+        self.steps: list[Tensor] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: dict, batch: list,
+                           batch_idx: int) -> None:
+        self.steps.append(outputs["ious"].detach().cpu())
+
+
+def test_sparse_reward_grpo_through_the_module_learns_from_scratch_without_collapsing(lab: list[dict]) -> None:
+    # The paper's regime: the binary reward 1[IoU >= 0.3], which an untrained policy almost never earns, at a
+    # learning rate above the quickstart's. The single-Gaussian BoxPolicy this one replaced stayed at a hit rate
+    # of 0-0.14 here (policy seeds 1, 2), and with seed 2 collapsed to boxes that all scored IoU 0: every group
+    # zero-std, so no gradient could ever bring it back. Seeds 1-3 of this one: 0.88-0.99 in the last 20 steps.
+    policy = BoxPolicy(**dict(SMALL, image_size=96), seed=2)
+    module = GRPOGroundingModule(policy, num_generations=8, temperature=1.0, iou_threshold=0.3, learning_rate=1e-2,
+                                 micro_batch_size=64, log_samples_every=0)
+    record = RecordIoUs()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=150, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[record])
+    loader = DataLoader(lab, batch_size=8, collate_fn=list, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    hits = [float((ious >= 0.3).float().mean()) for ious in record.steps]
+    last = torch.cat(record.steps[-20:])
+    assert np.mean(hits[:3]) < 0.1, hits[:3]
+    assert np.mean(hits[-20:]) > 0.7, hits[-20:]
+    assert float((last == 0).float().mean()) < 0.2 and float(last.mean()) > 0.35, last
+    assert bool((policy.net.std() >= policy.net.min_std).all())
 
 
 def test_sft_module_trains_box_policy(synth: list[dict]) -> None:
