@@ -112,7 +112,8 @@ def _plots(by: dict[str, list[dict]], figures: Path, suffix: str) -> list[str]:
 
     figures.mkdir(parents=True, exist_ok=True)
     written = []
-    groups = [("main", [m for m in MAIN if m != "sft"])] + [(t.split(":")[0].lower().replace(" ", "_"), ms)
+    # SFT has no τ, and raw IoU's reward ignores it (its τ only labels the logs)
+    groups = [("main", [m for m in MAIN if m not in ("sft", "raw_iou")])] + [(t.split(":")[0].lower().replace(" ", "_"), ms)
                                                             for t, ms in ABLATIONS]
     for name, methods in groups:
         curves = {}
@@ -127,16 +128,21 @@ def _plots(by: dict[str, list[dict]], figures: Path, suffix: str) -> list[str]:
     return written
 
 
-def report(results: list[dict], args: argparse.Namespace, command: str, elapsed: float) -> str:
+def _machine(workers: int) -> str:
+    return (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
+            f"load {os.getloadavg()[0]:.1f} at the end; {workers} worker processes")
+
+
+def report(results: list[dict], args: argparse.Namespace, command: str, elapsed: float, machine: str) -> str:
     by: dict[str, list[dict]] = {}
     for r in results:
         by.setdefault(r["method"], []).append(r)
     suffix = "_quick" if args.quick else ""
     plots = _plots(by, ROOT / "docs" / "figures", suffix)
     lines = [START, "", f"Command: `{command}`  ",
-             f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
-             f"load {os.getloadavg()[0]:.1f} at the end; {args.workers} worker processes; total {elapsed / 60:.1f} min.  ",
-             f"Runs: {args.steps} optimizer steps (batch {args.batch_size} prompts x G = 8), seeds {args.seeds}; "
+             f"Machine: {machine}; total {elapsed / 60:.1f} min.  ",
+             f"Runs: {max(r['steps'] for r in results)} optimizer steps (batch {args.batch_size} prompts x G = 8), "
+             f"seeds {sorted({r['seed'] for r in results})}; "
              f"data: `lab` preset, {args.n} images of {args.size} px, mixed modalities; test split for the metrics. "
              "Metrics are percentages, mean ± std over seeds.", "",
              "### Main comparison", ""]
@@ -169,6 +175,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "data" / "lab"))
     ap.add_argument("--doc", help="default: docs/reproduction.md (docs/reproduction_quick.md with --quick)")
     ap.add_argument("--no-doc", action="store_true", help="print the tables instead of writing the doc")
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render the doc and plots from the saved JSON results, without training")
     args = ap.parse_args()
     from medloc_lightning.lab import METHODS
 
@@ -177,6 +185,12 @@ def main() -> None:
     args.steps = args.steps or (500 if args.quick else 1000)
     methods = args.methods or (MAIN if args.quick else grid)
     data_kwargs = {"n": args.n, "size": args.size, "batch_size": args.batch_size}
+
+    out = ROOT / "benchmarks" / "results" / f"reproduction{'_quick' if args.quick else ''}.json"
+    if args.report_only:
+        saved = json.loads(out.read_text())
+        _write(args, saved["results"], saved["command"], saved["elapsed_s"], saved.get("machine", "not recorded"), out)
+        return
 
     from medloc_lightning.lab import lab_data
 
@@ -192,10 +206,17 @@ def main() -> None:
     else:
         results = [_job(j) for j in jobs]
     elapsed = time.perf_counter() - start
-    out = ROOT / "benchmarks" / "results" / f"reproduction{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "elapsed_s": elapsed, "results": results}, indent=1))
-    block = report(results, args, command, elapsed)
+    machine = _machine(args.workers)
+    for r in results:  # per-step series: 4 decimals are plenty and keep the file small
+        r["hit_rates"] = [round(h, 4) for h in r["hit_rates"]]
+    out.write_text(json.dumps({"command": command, "elapsed_s": elapsed, "machine": machine, "results": results}))
+    _write(args, results, command, elapsed, machine, out)
+
+
+def _write(args: argparse.Namespace, results: list[dict], command: str, elapsed: float, machine: str,
+           out: Path) -> None:
+    block = report(results, args, command, elapsed, machine)
     if args.no_doc:
         print(block)
         return

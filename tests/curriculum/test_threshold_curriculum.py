@@ -180,6 +180,15 @@ def test_after_a_refresh_the_window_must_fill_again():
     assert outs == [False, False, False, True, False, True]
 
 
+@pytest.mark.parametrize("refresh,spacing", [(1.0, 30), (0.5, 15), (0.25, 8)])
+def test_on_a_stream_that_stays_ready_raises_come_every_refreshed_share_of_the_window(refresh, spacing):
+    # docs/reproduction.md: the refresh only matters when raises come within one window of each other
+    c = ThresholdCurriculum(window=30, refresh=refresh)
+    steps = [step for step in range(1, 121) if c.observe([0.93] * 8)]
+    assert steps[0] == 30
+    assert np.diff(steps[:4]).tolist() == [spacing] * 3
+
+
 def test_nothing_changes_at_tau_target():
     c = make(window=2, tau_start=0.7, tau_target=0.8)
     while c.tau < 0.8:
