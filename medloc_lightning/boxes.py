@@ -102,10 +102,10 @@ def _iou(p: Any, t: Any, ops: tuple) -> Any:
     (or -0.0) whatever sign the union takes; 0/0 and inf/inf become 0.
     """
     maximum, minimum, relu, nan_to_zero = ops
-    px1, py1, px2, py2 = p[..., 0], p[..., 1], p[..., 2], p[..., 3]
-    tx1, ty1, tx2, ty2 = t[..., 0], t[..., 1], t[..., 2], t[..., 3]
-    inter = relu(minimum(px2, tx2) - maximum(px1, tx1)) * relu(minimum(py2, ty2) - maximum(py1, ty1))
-    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
+    overlap = relu(minimum(p[..., 2:], t[..., 2:]) - maximum(p[..., :2], t[..., :2]))  # (w, h), x and y at once
+    p_side, t_side = p[..., 2:] - p[..., :2], t[..., 2:] - t[..., :2]
+    inter = overlap[..., 0] * overlap[..., 1]
+    union = p_side[..., 0] * p_side[..., 1] + t_side[..., 0] * t_side[..., 1] - inter
     return nan_to_zero(inter / union)
 
 
@@ -115,7 +115,15 @@ def box_iou_numpy(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 _TORCH = (torch.maximum, torch.minimum, lambda x: x.clamp(min=0), lambda x: torch.nan_to_num(x, nan=0.0))
-_NUMPY = (np.maximum, np.minimum, lambda x: np.maximum(x, 0), lambda x: np.nan_to_num(x, nan=0.0))
+
+
+def _numpy_nan_to_zero(x: np.ndarray) -> np.ndarray:
+    """NaN -> 0. The IoU quotient is never ±inf (a positive overlap implies a positive union), so this equals
+    ``np.nan_to_num(x, nan=0.0)`` there, at a fraction of its cost on a small batch."""
+    return np.where(np.isnan(x), x.dtype.type(0), x)
+
+
+_NUMPY = (np.maximum, np.minimum, lambda x: np.maximum(x, 0), _numpy_nan_to_zero)
 
 
 def smart_resize(

@@ -94,11 +94,14 @@ class GroundingMetrics(Metric):
             raise ValueError("target boxes must be finite (a NaN/inf ground-truth box is a data error)")
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ious = box_iou_numpy(p, t)
-        if p.dtype not in self._numpy_thresholds:
-            self._numpy_thresholds[p.dtype] = np.asarray(self.thresholds, dtype=p.dtype)
-        hits = np.count_nonzero(ious[:, None] >= self._numpy_thresholds[p.dtype], axis=0)
-        unparsed = np.count_nonzero(np.isnan(p).any(1))
-        self.sums.add_(torch.from_numpy(np.concatenate((hits, (ious.sum(), unparsed))).astype(np.float64)))
+        thresholds = self._numpy_thresholds.get(p.dtype)
+        if thresholds is None:
+            thresholds = self._numpy_thresholds[p.dtype] = np.asarray(self.thresholds, dtype=p.dtype)
+        sums = np.empty(len(thresholds) + 2)
+        sums[:-2] = (ious[:, None] >= thresholds).sum(0)
+        sums[-2] = ious.sum()
+        sums[-1] = np.isnan(p).any(1).sum()
+        self.sums.add_(torch.from_numpy(sums))
 
     def compute(self) -> dict[str, Tensor]:
         """The metrics as 0-dim float64 tensors (fractions in [0, 1])."""
