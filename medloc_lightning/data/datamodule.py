@@ -109,7 +109,8 @@ class GroundingDataset(torch.utils.data.Dataset):
             raise RecordError(Problem(self.file, line, "width", f"is {row['width']} but {path} is {image.width} px wide"))
         if image.height != row["height"]:
             raise RecordError(Problem(self.file, line, "height", f"is {row['height']} but {path} is {image.height} px high"))
-        record = {"id": row["id"], "image": image, "query": row["query"], "bbox": list(row["bbox"]),
+        bbox = None if row["bbox"] is None else list(row["bbox"])
+        record = {"id": row["id"], "image": image, "query": row["query"], "bbox": bbox,
                   "width": row["width"], "height": row["height"], "image_path": path}
         record.update({k: row[k] for k in OPTIONAL_FIELDS if row[k] is not None})
         return record
@@ -137,18 +138,21 @@ def collate_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def load_record_file(file: str, image_root: str | None = None, check_images: bool = True, skip_invalid: bool = False,
-                     max_records: int | None = None, name: str = "records",
-                     cache_images: bool = False) -> tuple[GroundingDataset, list[Problem]]:
-    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping."""
+                     max_records: int | None = None, name: str = "records", cache_images: bool = False,
+                     require_bbox: bool = True) -> tuple[GroundingDataset, list[Problem]]:
+    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping.
+    ``require_bbox=False``: records to predict on, whose ``bbox`` may be missing (then None in the batch)."""
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{name}: record file not found: {file}")
-    records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records)
+    records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records,
+                                     require_bbox=require_bbox)
     if problems:
         n_bad = count_bad_records(problems)
         summary = (f"{name} {file}: {n_bad} of {n_bad + len(records)} records are invalid "
                    f"({len(problems)} problems):\n{format_problems(problems)}")
         if not skip_invalid:
-            raise ValueError(f"{summary}\nFix them (`medloc-data validate {file}` lists all) or pass skip_invalid=True.")
+            command = f"medloc-data validate{'' if require_bbox else ' --unlabelled'} {file}"
+            raise ValueError(f"{summary}\nFix them (`{command}` lists all) or pass skip_invalid=True.")
         warnings.warn(f"skipping invalid records: {summary}", UserWarning, stacklevel=2)
         log.warning("skipped %d invalid records of %s", n_bad, file)
     return GroundingDataset(records_to_hf(records), file, cache_images), problems
@@ -196,7 +200,7 @@ class GroundingDataModule(pl.LightningDataModule):
                 continue
             dataset, problems = load_record_file(file, self.image_root, self.check_images, self.skip_invalid,
                                                  self.max_records, name=f"{split}_file",
-                                                 cache_images=self.cache_images)
+                                                 cache_images=self.cache_images, require_bbox=split != "predict")
             self.datasets[split] = dataset
             self.problems[split] = problems
             self.skipped[split] = count_bad_records(problems)

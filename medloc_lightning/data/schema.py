@@ -41,7 +41,8 @@ class Record:
     id: str
     image: str
     query: str
-    bbox: tuple[float, float, float, float]
+    bbox: tuple[float, float, float, float] | None
+    """None only in files read with ``require_bbox=False`` (unlabelled records to predict on)."""
     width: int
     height: int
     dataset: str | None = None
@@ -51,7 +52,8 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict in schema order (optional keys left out when unset), ``line`` excluded."""
         out: dict[str, Any] = {
-            "id": self.id, "image": self.image, "query": self.query, "bbox": list(self.bbox),
+            "id": self.id, "image": self.image, "query": self.query,
+            "bbox": None if self.bbox is None else list(self.bbox),
             "width": self.width, "height": self.height,
         }
         for key in OPTIONAL_FIELDS:
@@ -98,8 +100,11 @@ def check_bbox(bbox: Any, width: int | None, height: int | None) -> str | None:
     return None
 
 
-def check_fields(obj: Any, file: str, line: int) -> list[Problem]:
-    """Schema checks on one parsed JSON value (types, presence, box geometry); no file system access."""
+def check_fields(obj: Any, file: str, line: int, require_bbox: bool = True) -> list[Problem]:
+    """Schema checks on one parsed JSON value (types, presence, box geometry); no file system access.
+
+    With ``require_bbox=False`` (records to predict on) a missing or null ``bbox`` is allowed; a present one
+    is still checked."""
     if not isinstance(obj, dict):
         return [Problem(file, line, "record", f"must be a JSON object, got {_type_name(obj)}")]
     problems: list[Problem] = []
@@ -125,8 +130,9 @@ def check_fields(obj: Any, file: str, line: int) -> list[Problem]:
             bad(key, f"must be positive, got {obj[key]}")
         else:
             size[key] = obj[key]
-    if "bbox" not in obj:
-        bad("bbox", "missing")
+    if obj.get("bbox") is None:
+        if require_bbox:
+            bad("bbox", "missing" if "bbox" not in obj else "must be an array of 4 numbers [x1, y1, x2, y2], got null")
     else:
         reason = check_bbox(obj["bbox"], size["width"], size["height"])
         if reason:
@@ -143,9 +149,9 @@ def resolve_image(image: str, base_dir: str) -> str:
 
 
 def _to_record(obj: dict[str, Any], line: int, base_dir: str) -> Record:
-    x1, y1, x2, y2 = (float(v) for v in obj["bbox"])
+    bbox = None if obj.get("bbox") is None else tuple(float(v) for v in obj["bbox"])
     return Record(line=line, id=obj["id"], image=resolve_image(obj["image"], base_dir), query=obj["query"],
-                  bbox=(x1, y1, x2, y2), width=obj["width"], height=obj["height"],
+                  bbox=bbox, width=obj["width"], height=obj["height"],  # type: ignore[arg-type]
                   dataset=obj.get("dataset"), modality=obj.get("modality"), label=obj.get("label"))
 
 
@@ -184,8 +190,10 @@ def check_record_images(records: Sequence[Record], file: str, workers: int | Non
 
 
 def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None, check_images: bool = True,
-                 max_records: int | None = None) -> tuple[list[Record], list[Problem]]:
+                 max_records: int | None = None, require_bbox: bool = True) -> tuple[list[Record], list[Problem]]:
     """Parse and check a JSONL record file: ``(valid records, problems)``, both in line order.
+
+    ``require_bbox=False`` reads records to predict on, where ``bbox`` may be missing (see `check_fields`).
 
     Blank lines are ignored. A record with any problem (including a repeated ``id``) is left out of the
     valid list. ``max_records`` reads only the first N non-blank lines. Raises ``FileNotFoundError``
@@ -210,7 +218,7 @@ def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None =
         except RecursionError:
             problems.append(Problem(file, line, "json", "invalid JSON: nested too deeply"))
             continue
-        found = check_fields(obj, file, line)
+        found = check_fields(obj, file, line, require_bbox)
         if not found:
             if obj["id"] in first_line:
                 found = [Problem(file, line, "id", f"duplicate id {obj['id']!r} (first at line {first_line[obj['id']]})")]
@@ -230,10 +238,10 @@ def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None =
 
 
 def validate_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                     check_images: bool = True) -> list[Problem]:
+                     check_images: bool = True, require_bbox: bool = True) -> list[Problem]:
     """All problems of a JSONL record file (empty list = valid). A missing file is one problem at line 0."""
     try:
-        return read_records(path, image_root=image_root, check_images=check_images)[1]
+        return read_records(path, image_root=image_root, check_images=check_images, require_bbox=require_bbox)[1]
     except FileNotFoundError:
         return [Problem(os.fspath(path), 0, "file", "not found")]
 
@@ -262,6 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resolve relative image paths against DIR instead of each JSONL file's folder")
     parser.add_argument("--no-images", action="store_true",
                         help="check the metadata only (no image file is opened)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="records to predict on: 'bbox' may be missing or null (checked when present)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -270,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
     seen: dict[str, tuple[str, int]] = {}
     for file in args.files:
         try:
-            records, problems = read_records(file, image_root=args.image_root, check_images=not args.no_images)
+            records, problems = read_records(file, image_root=args.image_root, check_images=not args.no_images,
+                                             require_bbox=not args.unlabelled)
         except FileNotFoundError:
             records, problems = [], [Problem(file, 0, "file", "not found")]
         n_checked = len(records) + count_bad_records(p for p in problems if p.line > 0)

@@ -275,3 +275,41 @@ def test_cache_images_keeps_decoded_images_and_returns_fresh_dicts(data):
     first["query"] = "changed"
     assert ds[3]["query"] != "changed"  # callers cannot corrupt the cache
     assert _dm(data).datasets == {} and not hasattr(_dm(data), "cache")
+
+
+def test_predict_file_may_be_unlabelled_but_other_splits_may_not(data, tmp_path):
+    # records to predict on (a hospital's new images) carry no box: missing or null; a present box is still checked
+    lines = [record(f"u{i}", f"img/{i:02d}.{'png' if i % 2 else 'jpg'}", bbox=(1, 2, 10, 12), size=(24, 16))
+             for i in range(3)]
+    del lines[0]["bbox"]
+    lines[1]["bbox"] = None
+    write_jsonl(data / "unlabelled.jsonl", lines)
+    dm = GroundingDataModule(predict_file=str(data / "unlabelled.jsonl"), batch_size=3)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert [r["bbox"] for r in batch] == [None, None, [1.0, 2.0, 10.0, 12.0]]
+    with pytest.raises(ValueError) as err:  # the same file as a test split: every box is required
+        GroundingDataModule(test_file=str(data / "unlabelled.jsonl")).setup("test")
+    assert "unlabelled.jsonl:1: bbox: missing" in str(err.value)
+    assert "unlabelled.jsonl:2: bbox: must be an array of 4 numbers [x1, y1, x2, y2], got null" in str(err.value)
+    lines[2]["bbox"] = [1, 2, 99, 12]  # out of bounds: still an error when predicting
+    write_jsonl(data / "bad.jsonl", lines)
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: bbox: .*"):
+        GroundingDataModule(predict_file=str(data / "bad.jsonl")).setup("predict")
+
+
+def test_trainer_predict_on_unlabelled_records_writes_boxes_without_iou(data):
+    from toy_modules import ScriptedPolicy  # tests/ is on sys.path: pytest inserts the folder of tests/conftest.py
+
+    from medloc_lightning.module import GRPOGroundingModule
+
+    lines = [record(f"u{i}", f"img/{i:02d}.png", bbox=(1, 2, 10, 12), size=(24, 16)) for i in (1, 3)]
+    del lines[0]["bbox"]
+    write_jsonl(data / "unlabelled.jsonl", lines)
+    dm = GroundingDataModule(predict_file=str(data / "unlabelled.jsonl"), batch_size=2)
+    module = GRPOGroundingModule(ScriptedPolicy(['<answer>{"bbox_2d": [1, 2, 5, 6]}</answer>']), num_generations=2)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    rows = [row for batch in trainer.predict(module, dm) for row in batch]
+    assert [r["id"] for r in rows] == ["u1", "u3"]
+    assert all(r["bbox"] == [1.0, 2.0, 5.0, 6.0] for r in rows)
+    assert "iou" not in rows[0] and 0.0 < rows[1]["iou"] < 1.0

@@ -175,3 +175,19 @@ def test_validate_command_image_root_and_no_images(images, tmp_path, capsys):
     assert main(["validate", str(path), "--image-root", os.fspath(images / "img")]) == 1
     out = capsys.readouterr().out
     assert f"{path}:2: image: file not found" in out and f"{path}:1:" not in out
+
+
+def test_validate_unlabelled_allows_a_missing_or_null_box_and_still_checks_a_present_one(images, capsys):
+    lines = [record("a", "img/a.png"), record("b", "img/a.png"), record("c", "img/a.png", bbox=(5, 5, 1, 1))]
+    del lines[0]["bbox"]
+    lines[1]["bbox"] = None
+    path = write_jsonl(images / "predict.jsonl", lines)
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:1: bbox: missing" in out and f"{path}:2: bbox: must be an array" in out
+    assert main(["validate", "--unlabelled", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{path}:3: bbox: inverted") and out[-1] == f"{path}: 3 records checked, 1 problems in 1 records"
+    records, problems = read_records(path, require_bbox=False)
+    assert [r.bbox for r in records] == [None, None] and [p.line for p in problems] == [3]
+    assert records[0].to_dict()["bbox"] is None
