@@ -56,20 +56,18 @@ def _job(args: tuple) -> dict:
     return result
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
+def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1, single_std: bool = True) -> str:
+    """``mean ± std`` of the non-NaN values (fractions as percentages by default); "–" when there are none.
+    One value shows ``± 0.0`` unless ``single_std`` is False."""
+    values = [scale * v for v in values if not math.isnan(v)]
     if not values:
         return "–"
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    std = statistics.stdev(values) if len(values) > 1 else (0.0 if single_std else None)
+    return f"{statistics.fmean(values):.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
 def _plain(values: list[float], digits: int = 1) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "–"
-    return f"{statistics.fmean(values):.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+    return _mean_std(values, scale=1.0, digits=digits, single_std=False)
 
 
 def _table(rows: list[str], by: dict[str, list[dict]], paper: dict | None, paper_cols: list[str]) -> list[str]:

@@ -47,6 +47,11 @@ class ThresholdCurriculumCallback(pl.Callback):
     def tau(self) -> float:
         return self.schedule.tau
 
+    @staticmethod
+    def find(trainer: pl.Trainer) -> "ThresholdCurriculumCallback | None":
+        """The trainer's curriculum callback (the first, if several), for callbacks that report on it."""
+        return next((cb for cb in trainer.callbacks if isinstance(cb, ThresholdCurriculumCallback)), None)
+
     def _apply(self, pl_module: pl.LightningModule) -> None:
         setattr(pl_module, self.attr, self.schedule.tau)
 

@@ -34,11 +34,8 @@ class CurriculumPlotCallback(pl.Callback):
         self._raises = 0
         self.path: Path | None = None
 
-    def _curriculum(self, trainer: pl.Trainer) -> ThresholdCurriculumCallback | None:
-        return next((cb for cb in trainer.callbacks if isinstance(cb, ThresholdCurriculumCallback)), None)
-
     def _record(self, trainer: pl.Trainer) -> None:
-        curriculum = self._curriculum(trainer)
+        curriculum = ThresholdCurriculumCallback.find(trainer)
         step = trainer.global_step
         if curriculum is None or curriculum.schedule.num_steps == 0:
             return
@@ -59,7 +56,7 @@ class CurriculumPlotCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer)
-        curriculum = self._curriculum(trainer)
+        curriculum = ThresholdCurriculumCallback.find(trainer)
         if curriculum is None or not trainer.is_global_zero or not self.history["step"]:
             return
         folder = Path(trainer.log_dir or trainer.default_root_dir)

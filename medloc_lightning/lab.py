@@ -7,6 +7,7 @@ same `GRPOGroundingModule`, `ThresholdCurriculumCallback` and `GroundingMetrics`
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -94,34 +95,28 @@ class LabResult:
 
 
 class _Recorder(pl.Callback):
-    """Per-step τ and window hit rate, and the zero-std and all-fail group fractions over the first 20% of the run."""
+    """Per-step τ and window hit rate, and the zero-std and all-fail group fractions at 20% of the run."""
 
-    def __init__(self, steps: int, reward: GroundingReward | None) -> None:
+    def __init__(self, steps: int) -> None:
         self.early_at = max(1, round(0.2 * steps))
-        self.reward = reward
         self.taus: list[float] = []
         self.hit_rates: list[float] = []
-        self.zero_std_early: float | None = None
-        self._groups = self._all_fail = 0
+        self.zero_std_early = self.all_fail_early = float("nan")
+        self._groups = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.taus.append(float(getattr(pl_module, "iou_threshold", float("nan"))))
-        curriculum = next((c for c in trainer.callbacks if isinstance(c, ThresholdCurriculumCallback)), None)
+        curriculum = ThresholdCurriculumCallback.find(trainer)
         self.hit_rates.append(curriculum.schedule.stats["hit_rate"] if curriculum else float("nan"))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.reward is None or self.zero_std_early is not None:
+        counts = getattr(pl_module, "counts", None)  # GRPO only
+        if counts is None or not math.isnan(self.zero_std_early):
             return
-        ious = outputs["ious"].detach().reshape(len(batch), -1).cpu()
-        earned = self.reward.accuracy(ious, self.taus[-1]) > 0
         self._groups += len(batch)
-        self._all_fail += int((~earned.any(1)).sum())
         if trainer.global_step >= self.early_at:
-            self.zero_std_early = pl_module.counts["zero_std_groups"] / max(self._groups, 1)
-
-    @property
-    def all_fail_early(self) -> float:
-        return self._all_fail / self._groups if self._groups else float("nan")
+            self.zero_std_early = counts["zero_std_groups"] / self._groups
+            self.all_fail_early = counts["all_fail_groups"] / self._groups
 
 
 def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int = 0, *,
@@ -144,7 +139,7 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
                                      reward=GroundingReward(kind=spec.reward), learning_rate=learning_rate,
                                      micro_batch_size=1024, seed=seed, log_samples_every=0)
         callbacks.append(ThresholdCurriculumCallback(spec.schedule(steps), prog_bar=False))
-    recorder = _Recorder(steps, None if spec.schedule is None else module.reward)
+    recorder = _Recorder(steps)
     callbacks.append(recorder)
     logger: Any = False
     if log_dir is not None:
@@ -167,8 +162,7 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
         method=method, seed=seed, steps=trainer.global_step,
         test={k.removeprefix("test/"): float(v) for k, v in test.items()},
         val={k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
-        zero_std_early=float("nan") if recorder.zero_std_early is None else float(recorder.zero_std_early),
-        all_fail_early=recorder.all_fail_early,
+        zero_std_early=recorder.zero_std_early, all_fail_early=recorder.all_fail_early,
         num_raises=0 if schedule is None else schedule.num_raises,
         final_tau=float("nan") if schedule is None else schedule.tau,
         wall_s=wall, taus=recorder.taus, hit_rates=recorder.hit_rates,

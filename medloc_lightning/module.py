@@ -64,6 +64,7 @@ class GroundingModule(pl.LightningModule):
     def configure_model(self) -> None:
         self.policy.configure()
         if self._trainer is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+            self.policy.sharded = True
             self.policy.synced_generation = self.trainer.world_size > 1
         if self._device_mesh is not None and not getattr(self, "_sharded", False):  # ModelParallelStrategy: FSDP2
             self.policy.shard(self.device_mesh["data_parallel"])
@@ -73,7 +74,7 @@ class GroundingModule(pl.LightningModule):
         self.policy.train()  # from_pretrained returns eval mode
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self.policy.trainable_parameters()
         if not params:
             raise ValueError(f"{type(self.policy).__name__} has no trainable parameters")
         optimizer = torch.optim.AdamW(
@@ -222,7 +223,8 @@ class GRPOGroundingModule(GroundingModule):
         self.loss_type, self.scale_rewards = loss_type, scale_rewards
         self.num_iterations, self.micro_batch_size = int(num_iterations), int(micro_batch_size)
         self.seed, self.fsdp_summon_for_generation = int(seed), fsdp_summon_for_generation
-        self.counts = {"rejected": 0, "empty": 0, "unparsed": 0, "zero_std_groups": 0, "skipped_steps": 0}
+        self.counts = {"rejected": 0, "empty": 0, "unparsed": 0, "zero_std_groups": 0, "all_fail_groups": 0,
+                       "skipped_steps": 0}
         self._warned: set[str] = set()
 
     def configure_model(self) -> None:
@@ -251,7 +253,8 @@ class GRPOGroundingModule(GroundingModule):
         grouped = rewards.view(-1, G)
         advantages = group_advantages(grouped, self.scale_rewards).view(-1) if rollout.num_rows else rewards
         zero_std = zero_std_groups(grouped) if rollout.num_rows else torch.zeros(0, dtype=torch.bool)
-        self._count_degenerate(rollout, zero_std)
+        all_fail = (parts["accuracy"].view(-1, G) <= 0).all(1) if rollout.num_rows else zero_std
+        self._count_degenerate(rollout, zero_std, all_fail)
         timings["reward"] = time.perf_counter() - clock
 
         losses, stats, more = self._optimize(rollout, advantages)
@@ -293,7 +296,7 @@ class GRPOGroundingModule(GroundingModule):
                     self.manual_backward(loss)
                 step_loss = step_loss + loss.detach()
                 if chunk_stats:
-                    step_stats.append((chunk_stats, len(chunks[c]) if c < len(chunks) else 0))
+                    step_stats.append((chunk_stats, len(chunks[c])))  # stats only come from real chunks
             if self.max_grad_norm:
                 _clip(self, optimizer, self.max_grad_norm)
             optimizer.step()
@@ -307,11 +310,11 @@ class GRPOGroundingModule(GroundingModule):
     def _chunk_loss(self, rollout: Rollout, chunks: list[Tensor], c: int, advantages: Tensor, mask: Tensor,
                     old: Tensor | None, ref: Tensor | None, n: int, total_tokens: Tensor
                     ) -> tuple[Tensor, dict[str, Tensor]]:
-        if c >= len(chunks) or n == 0:
+        if c >= len(chunks):  # (n == 0 means no chunks)
             # This rank ran out of rows but others did not: every rank must run the same forwards and
             # backwards (collectives under DDP/FSDP), so run a zero-weighted one.
-            if n == 0:
-                return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad), {}
+            if not chunks:
+                return sum(p.sum() * 0.0 for p in self.policy.trainable_parameters()), {}
             rows = chunks[0][:1]
             return self.policy.logprobs(rollout, rows.to(rollout.mask.device)).sum() * 0.0, {}
         rows = chunks[c]
@@ -414,12 +417,15 @@ class GRPOGroundingModule(GroundingModule):
             self._warn_once("rejected", f"{len(rollout.rejected)} prompt(s) rejected up front, e.g. record "
                                         f"{batch[first[0]].get('id')!r}: {first[1]}")
 
-    def _count_degenerate(self, rollout: Rollout, zero_std: Tensor) -> None:
+    def _count_degenerate(self, rollout: Rollout, zero_std: Tensor, all_fail: Tensor) -> None:
+        """Counts: empty and unparsed completions, zero-std groups, and all-fail groups (no accuracy reward at
+        all: the zero-std groups a too-strict τ causes)."""
         empty = sum(1 for t in rollout.texts if not t.strip())
         unparsed = int(torch.isnan(rollout.boxes).any(1).sum())
         self.counts["empty"] += empty
         self.counts["unparsed"] += unparsed
         self.counts["zero_std_groups"] += int(zero_std.sum())
+        self.counts["all_fail_groups"] += int(all_fail.sum())
         if empty:
             self._warn_once("empty", f"{empty} empty completion(s) this step: reward 0")
         if unparsed:

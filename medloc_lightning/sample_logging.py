@@ -2,7 +2,6 @@
 and the IoU, reward and τ. Rank zero only; a no-op without a TensorBoard logger."""
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,8 +37,7 @@ def log_samples(
     step = module.global_step
     for i in range(min(module.num_log_samples, len(records), len(texts))):
         record, box = records[i], [float(v) for v in boxes[i].tolist()]
-        shown = box if all(math.isfinite(v) for v in box) else None
-        image = draw_boxes(record["image"], [(record["bbox"], GT_COLOUR, "GT"), (shown, PRED_COLOUR, "pred")])
+        image = draw_boxes(record["image"], [(record["bbox"], GT_COLOUR, "GT"), (box, PRED_COLOUR, "pred")])
         writer.add_image(f"{stage}_samples/{i}", np.asarray(image), step, dataformats="HWC")
         facts = [f"IoU {float(ious[i]):.3f}"]
         if rewards is not None:

@@ -6,13 +6,6 @@ from typing import Any
 from lightning.pytorch.strategies import FSDPStrategy
 
 
-def qwen_wrap_classes() -> set[type]:
-    """The FSDP units: Qwen2.5-VL's decoder layers and vision blocks (its ``_no_split_modules``)."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock
-
-    return {Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock}
-
-
 class QwenFSDPStrategy(FSDPStrategy):
     """FSDP (1) that auto-wraps each Qwen2.5-VL decoder layer and vision block, with the matching
     activation-checkpointing policy (Lightning's advice: the same classes for both).
@@ -23,7 +16,9 @@ class QwenFSDPStrategy(FSDPStrategy):
 
     def __init__(self, activation_checkpointing: bool = True, sharding_strategy: str = "FULL_SHARD",
                  state_dict_type: str = "full", cpu_offload: bool = False, **kwargs: Any) -> None:
-        classes = qwen_wrap_classes()
+        from medloc_lightning.policies.qwen_loading import wrap_classes
+
+        classes = set(wrap_classes())
         super().__init__(
             auto_wrap_policy=classes,
             activation_checkpointing_policy=classes if activation_checkpointing else None,

@@ -65,6 +65,7 @@ def test_all_equal_groups_give_zero_loss_and_no_update():
     trainer = fit(GRPOGroundingModule(policy, num_generations=2, learning_rate=0.1), square_records(2), 3)
     m = metrics(trainer)
     assert m["train/frac_reward_zero_std"] == 1.0 and m["train/count_zero_std_groups"] == 6
+    assert m["train/count_all_fail_groups"] == 6  # nothing parsed, so no group earned any reward
     assert torch.count_nonzero(policy.theta) == 0 and all(math.isfinite(v) for v in m.values())
 
 

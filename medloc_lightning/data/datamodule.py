@@ -88,13 +88,11 @@ class GroundingDataset(torch.utils.data.Dataset):
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.cache is not None and index in self.cache:
-            return dict(self.cache[index])
-        record = self._load(int(index))
-        if self.cache is not None:
-            self.cache[index] = record
-            return dict(record)
-        return record
+        if self.cache is None:
+            return self._load(int(index))
+        if index not in self.cache:
+            self.cache[index] = self._load(int(index))
+        return dict(self.cache[index])
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]

@@ -130,10 +130,10 @@ def check_fields(obj: Any, file: str, line: int, require_bbox: bool = True) -> l
             bad(key, f"must be positive, got {obj[key]}")
         else:
             size[key] = obj[key]
-    if obj.get("bbox") is None:
+    if "bbox" not in obj:
         if require_bbox:
-            bad("bbox", "missing" if "bbox" not in obj else "must be an array of 4 numbers [x1, y1, x2, y2], got null")
-    else:
+            bad("bbox", "missing")
+    elif obj["bbox"] is not None or require_bbox:  # null: allowed only where no box is required
         reason = check_bbox(obj["bbox"], size["width"], size["height"])
         if reason:
             bad("bbox", reason)

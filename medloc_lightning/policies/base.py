@@ -66,6 +66,10 @@ class GroundingPolicy(nn.Module, abc.ABC):
     """Set by the module when weights are sharded over ranks: every rank must then keep decoding until all
     are done (``synced_gpus``), or the per-layer all-gathers of FSDP deadlock."""
 
+    sharded: bool = False
+    """Set by the module under an FSDP strategy (any number of ranks): submodules may then run only inside
+    the root forward, so no shortcut may call them directly."""
+
     def configure(self) -> None:
         """Build or load heavy weights; called from ``LightningModule.configure_model``. Idempotent."""
 
@@ -114,3 +118,36 @@ def gt_boxes(batch: Sequence[Record], device: torch.device | str | None = None) 
     """[B, 4] float32 ground-truth boxes of a batch, in original pixels."""
     boxes = [list(map(float, r["bbox"])) for r in batch]
     return torch.tensor(boxes, dtype=torch.float32, device=device).reshape(len(boxes), 4)
+
+
+def describe_record(record: Record) -> str:
+    """``record 'id' (image path)``, for errors that must name the bad record."""
+    path = record.get("image_path")
+    return f"record {record.get('id')!r}" + (f" ({path})" if path else "")
+
+
+def record_size(record: Record) -> tuple[int, int]:
+    """The record's ``(width, height)`` fields as positive ints."""
+    try:
+        width, height = int(record["width"]), int(record["height"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{describe_record(record)}: fields 'width' and 'height' must be positive ints ({err!r})"
+                         ) from err
+    if width < 1 or height < 1:
+        raise ValueError(f"{describe_record(record)}: fields 'width' and 'height' must be positive, "
+                         f"got {width}x{height}")
+    return width, height
+
+
+def record_image(record: Record) -> Any:
+    """The record's PIL image in RGB, checked against its ``width``/``height`` fields."""
+    from PIL import Image
+
+    image = record.get("image")
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"{describe_record(record)}: field 'image' must be a PIL image, got {type(image).__name__}")
+    width, height = record_size(record)
+    if image.size != (width, height):
+        raise ValueError(f"{describe_record(record)}: field 'image' is {image.size[0]}x{image.size[1]} px but "
+                         f"'width', 'height' say {width}x{height}")
+    return image if image.mode == "RGB" else image.convert("RGB")

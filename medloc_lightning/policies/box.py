@@ -27,7 +27,8 @@ from PIL import Image
 from torch import Tensor
 
 from medloc_lightning.parsing import format_answer
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, gt_boxes
+from medloc_lightning.policies.base import (GroundingPolicy, Record, Rollout, describe_record, gt_boxes,
+                                            record_image, record_size)
 from medloc_lightning.policies.box_mixture import (component_std, mixture_log_weights, mixture_logprob,
                                                    sample_mixture)
 from medloc_lightning.policies.box_net import (LOG_MIN_SIZE, MIN_SIZE, STRIDE, BoxNet, Proposals, pack_queries,
@@ -154,20 +155,13 @@ class BoxPolicy(GroundingPolicy):
         pixels = torch.from_numpy(np.stack([self._pixels(r) for r in batch])) if batch else \
             torch.zeros(0, side, side, 3, dtype=torch.uint8)
         ids, offsets = pack_queries([_query(r) for r in batch], self.vocab_buckets)
-        sizes = torch.tensor([_size(r) for r in batch], dtype=torch.float32).reshape(-1, 2)
+        sizes = torch.tensor([record_size(r) for r in batch], dtype=torch.float32).reshape(-1, 2)
         device = self.device
         return patchify(pixels.to(device)), ids.to(device), offsets.to(device), sizes.to(device)
 
     def _pixels(self, record: Record) -> np.ndarray:
         """[S, S, 3] uint8 RGB, resized to the network's side (aspect ratio not kept)."""
-        image = record.get("image")
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"{_where(record)}: field 'image' must be a PIL image, got {type(image).__name__}")
-        width, height = _size(record)
-        if image.size != (width, height):
-            raise ValueError(f"{_where(record)}: field 'image' is {image.size[0]}x{image.size[1]} px but 'width', "
-                             f"'height' say {width}x{height}")
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        rgb = record_image(record)
         if rgb.size != (self.image_size, self.image_size):
             rgb = rgb.resize((self.image_size, self.image_size), Image.BILINEAR)
         return np.asarray(rgb)
@@ -314,26 +308,11 @@ def _select_queries(state: BoxRolloutState, prompts: Tensor) -> tuple[Tensor, Te
     return torch.cat(pieces) if pieces else state.query_ids[:0], offsets
 
 
-def _where(record: Record) -> str:
-    path = record.get("image_path")
-    return f"record {record.get('id')!r}" + (f" ({path})" if path else "")
-
-
 def _query(record: Record) -> str:
     query = record.get("query")
     if not isinstance(query, str):
-        raise ValueError(f"{_where(record)}: field 'query' must be a str, got {type(query).__name__}")
+        raise ValueError(f"{describe_record(record)}: field 'query' must be a str, got {type(query).__name__}")
     return query
-
-
-def _size(record: Record) -> tuple[int, int]:
-    try:
-        width, height = int(record["width"]), int(record["height"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{_where(record)}: fields 'width' and 'height' must be positive ints ({err!r})") from err
-    if width < 1 or height < 1:
-        raise ValueError(f"{_where(record)}: fields 'width' and 'height' must be positive, got {width}x{height}")
-    return width, height
 
 
 def _check_args(*, image_size: int, channels: int, query_dim: int, vocab_buckets: int, init_std: float,

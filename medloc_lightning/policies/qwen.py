@@ -12,6 +12,7 @@ is therefore active only in gradient passes.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
@@ -316,9 +317,10 @@ class QwenVLPolicy(GroundingPolicy):
         forward + backward at G = 8). Sharded models take the plain path: under FSDP the vision tower's root
         parameters are only gathered inside the root forward.
         """
-        inputs = append_completions(select_prompts(prompts, prompt_index), completion_ids, mask)
-        if not self.synced_generation and _accepts_encoder_outputs(model):
-            inputs.pop("pixel_values")
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        shared = not self.sharded and _accepts_encoder_outputs(type(base))
+        inputs = append_completions(select_prompts(prompts, prompt_index, pixels=not shared), completion_ids, mask)
+        if shared:
             inputs["mm_encoder_outputs"] = {"image": shared_image_features(model, prompts, prompt_index)}
         length = completion_ids.shape[1]
         logits = model(**inputs, use_cache=False, logits_to_keep=length + 1).logits[:, :-1]
@@ -418,10 +420,10 @@ class QwenVLPolicy(GroundingPolicy):
         self.processor.save_pretrained(directory)
 
 
-def _accepts_encoder_outputs(model: nn.Module) -> bool:
+@functools.lru_cache(maxsize=None)
+def _accepts_encoder_outputs(model_class: type) -> bool:
     """Whether this transformers version's Qwen2.5-VL forward takes precomputed ``mm_encoder_outputs``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "mm_encoder_outputs" in inspect.signature(type(base).forward).parameters
+    return "mm_encoder_outputs" in inspect.signature(model_class.forward).parameters
 
 
 def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r: int, lora_dropout: float,

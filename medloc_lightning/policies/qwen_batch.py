@@ -42,14 +42,17 @@ def select_images(pixel_values: Tensor, grid_thw: Tensor, index: Sequence[int]) 
     return torch.cat([pixel_values[offsets[i]:offsets[i + 1]] for i in index])
 
 
-def select_prompts(prompts: Mapping[str, Tensor], index: Sequence[int] | Tensor) -> dict[str, Tensor]:
-    """Rows ``index`` (repeats allowed) of per-prompt processor outputs with one image per prompt."""
+def select_prompts(prompts: Mapping[str, Tensor], index: Sequence[int] | Tensor, pixels: bool = True
+                   ) -> dict[str, Tensor]:
+    """Rows ``index`` (repeats allowed) of per-prompt processor outputs with one image per prompt; without
+    ``pixels`` the image patches are left out (for callers that pass precomputed vision features)."""
     index_list = index.tolist() if isinstance(index, Tensor) else list(index)
     rows = torch.as_tensor(index_list, dtype=torch.long, device=prompts["input_ids"].device)
     out = {k: prompts[k][rows] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     grid = prompts["image_grid_thw"]
     out["image_grid_thw"] = grid[rows.to(grid.device)]
-    out["pixel_values"] = select_images(prompts["pixel_values"], grid, index_list)
+    if pixels:
+        out["pixel_values"] = select_images(prompts["pixel_values"], grid, index_list)
     return out
 
 
@@ -80,8 +83,8 @@ def append_completions(prompts: Mapping[str, Tensor], completion_ids: Tensor, co
         "attention_mask": torch.cat([prompts["attention_mask"],
                                      completion_mask.to(prompts["attention_mask"].dtype)], 1),
         "mm_token_type_ids": torch.cat([mm, torch.zeros_like(completion_ids, dtype=mm.dtype)], 1),
-        "pixel_values": prompts["pixel_values"],
         "image_grid_thw": prompts["image_grid_thw"],
+        **({"pixel_values": prompts["pixel_values"]} if "pixel_values" in prompts else {}),
     }
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import build_prompt
-from medloc_lightning.policies.base import Record
+from medloc_lightning.policies.base import Record, record_image
 from medloc_lightning.policies.qwen_batch import PROMPT_KEYS
 
 
@@ -37,18 +37,6 @@ def prompt_text(processor: Any, record: Record, template: str) -> str:
     messages = [{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": build_prompt(record["query"], template)}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def record_image(record: Record) -> Any:
-    """The record's PIL image in RGB, checked against its ``width``/``height`` fields."""
-    image = record["image"]
-    size = getattr(image, "size", None)
-    if size is None or not hasattr(image, "convert"):
-        raise ValueError(f"record {record.get('id')!r}: field 'image' is not a PIL image ({type(image).__name__})")
-    if tuple(size) != (int(record["width"]), int(record["height"])):
-        raise ValueError(f"record {record.get('id')!r}: image is {size[0]}x{size[1]} but fields 'width', "
-                         f"'height' say {record['width']}x{record['height']}")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def process(processor: Any, records: Sequence[Record], template: str, device: torch.device) -> dict[str, Tensor]:

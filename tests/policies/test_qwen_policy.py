@@ -245,8 +245,8 @@ def test_shared_image_features_give_the_same_logprobs_and_grads(tiny_qwen_dir: s
     torch.manual_seed(0)
     rollout = policy.sample(make_records(*SIZES), 3, 1.0)
     results = []
-    for sharded in (True, False):  # synced_generation marks a sharded model: per-row vision passes
-        policy.synced_generation = sharded
+    for sharded in (True, False):  # a sharded model takes per-row vision passes
+        policy.sharded = sharded
         policy.zero_grad()
         logps = policy.logprobs(rollout)
         (logps * rollout.mask).sum().backward()
