@@ -54,7 +54,7 @@ def build_module(s: BenchSettings) -> Any:
     return GRPOGroundingModule(
         policy, num_generations=s.generations, temperature=s.temperature, reward=GroundingReward(),
         iou_threshold=s.tau, beta=s.beta, loss_type=s.loss_type, micro_batch_size=rows,
-        learning_rate=s.learning_rate, max_grad_norm=1.0, seed=s.seed, log_samples_every=0)
+        learning_rate=s.learning_rate, max_grad_norm=1.0, seed=s.seed)
 
 
 def run_ours(s: BenchSettings) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import lightning.pytorch as pl
 import torch
 
-from medloc_lightning.callback import ThresholdCurriculumCallback
+from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.curriculum import ThresholdCurriculum
 from medloc_lightning.lab import lab_data
 from medloc_lightning.module import GRPOGroundingModule
@@ -66,7 +66,7 @@ def main() -> None:
     data = lab_data(args.data)
     policy = BoxPolicy(image_size=args.image_size, seed=0)
     module = GRPOGroundingModule(policy, num_generations=8, temperature=1.0, learning_rate=2e-3, max_grad_norm=1.0,
-                                 micro_batch_size=64, log_samples_every=0)
+                                 micro_batch_size=64)
     phases: dict[str, list[float]] = defaultdict(list)
     policy.sample = timed(policy.sample, phases["policy.sample"])  # type: ignore[method-assign]
     policy.logprobs = timed(policy.logprobs, phases["policy.logprobs (with graph)"])  # type: ignore[method-assign]

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings_used: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="gpu-grpo-bench-") as tmp:
         from _grpo_bench_models import build_qwen2_5_vl_3b, parameter_count
-        from medloc_lightning.testing import tiny_qwen_path
+        from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
 
         models = [("tiny", lambda: tiny_qwen_path(cache_dir=tmp))]
         if not args.tiny_only:

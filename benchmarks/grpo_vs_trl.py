@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="grpo-bench-model-") as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            from medloc_lightning.testing import tiny_qwen_path
+            from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
 
             model_dir = str(tiny_qwen_path(cache_dir=tmp))
         runs: list[dict[str, Any]] = []

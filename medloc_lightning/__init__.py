@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ThresholdCurriculumCallback": "medloc_lightning.callback",
+    "ThresholdCurriculumCallback": "medloc_lightning.callbacks",
     "GroundingMetrics": "medloc_lightning.metrics",
     "ThresholdCurriculum": "medloc_lightning.curriculum",
     "GroundingReward": "medloc_lightning.rewards",

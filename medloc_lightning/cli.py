@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
-from medloc_lightning.callback import ThresholdCurriculumCallback
+from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.module import GroundingModule
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import lightning.pytorch as pl
 import torch
 
-from medloc_lightning.callback import ThresholdCurriculumCallback
+from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.curriculum import (
     CosineStep,
     FixedThreshold,
@@ -137,7 +137,7 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
     else:
         module = GRPOGroundingModule(policy, num_generations=num_generations, temperature=temperature,
                                      reward=GroundingReward(kind=spec.reward), learning_rate=learning_rate,
-                                     micro_batch_size=1024, seed=seed, log_samples_every=0)
+                                     micro_batch_size=1024, seed=seed)
         callbacks.append(ThresholdCurriculumCallback(spec.schedule(steps), prog_bar=False))
     recorder = _Recorder(steps)
     callbacks.append(recorder)

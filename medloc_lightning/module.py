@@ -3,29 +3,27 @@
 Both wrap a `GroundingPolicy` and share evaluation: greedy answers scored by `GroundingMetrics` in
 original-image pixels. Data flows one way in `GRPOGroundingModule.training_step`:
 batch → rollout → rewards(τ) → advantages → loss. τ is read from ``self.iou_threshold``, which only the
-`ThresholdCurriculumCallback` writes.
+`ThresholdCurriculumCallback` writes. What differs between strategies lives in `medloc_lightning.distributed`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
-from dataclasses import asdict
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import Tensor
 
+from medloc_lightning import distributed
 from medloc_lightning.boxes import box_iou
-from medloc_lightning.lightning_utils import logs_this_step
+from medloc_lightning.counters import Counters
 from medloc_lightning.grpo import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, zero_std_groups
+from medloc_lightning.lightning_utils import logs_this_step
 from medloc_lightning.metrics import GroundingMetrics
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, gt_boxes
+from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding, gt_boxes
 from medloc_lightning.rewards import GroundingReward
-from medloc_lightning.sample_logging import log_samples
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
@@ -43,8 +41,6 @@ class GroundingModule(pl.LightningModule):
         lr_schedule: str = "constant",
         max_grad_norm: float | None = 1.0,
         metric_thresholds: Sequence[float] = (0.3,),
-        log_samples_every: int = 50,
-        num_log_samples: int = 2,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -56,16 +52,14 @@ class GroundingModule(pl.LightningModule):
         self.policy = policy
         self.learning_rate, self.weight_decay, self.adam_betas = learning_rate, weight_decay, tuple(adam_betas)
         self.warmup_steps, self.lr_schedule, self.max_grad_norm = int(warmup_steps), lr_schedule, max_grad_norm
-        self.log_samples_every, self.num_log_samples = int(log_samples_every), int(num_log_samples)
         self.val_metrics = GroundingMetrics(thresholds=metric_thresholds)
         self.test_metrics = GroundingMetrics(thresholds=metric_thresholds)
 
     # --- model and optimizer ------------------------------------------------------------------------
     def configure_model(self) -> None:
-        self.policy.configure()
-        if self._trainer is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
-            self.policy.sharded = True
-            self.policy.synced_generation = self.trainer.world_size > 1
+        trainer = self._trainer
+        sharded = distributed.is_sharded(trainer)
+        self.policy.configure(Sharding(sharded=sharded, synced_generation=sharded and trainer.world_size > 1))
         if self._device_mesh is not None and not getattr(self, "_sharded", False):  # ModelParallelStrategy: FSDP2
             self.policy.shard(self.device_mesh["data_parallel"])
             self._sharded = True
@@ -84,19 +78,25 @@ class GroundingModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.lr_schedule, self.warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        clip = self.max_grad_norm if gradient_clip_val is None else gradient_clip_val
+        if clip:
+            distributed.clip_grad_norm(self, optimizer, clip)
+
     # --- evaluation -----------------------------------------------------------------------------------
-    def _evaluate(self, batch: Sequence[Record], metrics: GroundingMetrics, stage: str, batch_idx: int) -> None:
+    def _evaluate(self, batch: Sequence[Record], metrics: GroundingMetrics) -> dict[str, Any]:
         texts, boxes = self.policy.predict(batch)
         target = gt_boxes(batch, device=self.device)
-        metrics.update(boxes.to(self.device, torch.float32), target)
-        if batch_idx == 0 and stage == "val":
-            log_samples(self, stage, batch, texts, boxes, box_iou(boxes.to(target), target), None)
+        boxes = boxes.to(self.device, torch.float32)
+        metrics.update(boxes, target)
+        return {"samples": {"records": batch, "texts": texts, "boxes": boxes, "ious": box_iou(boxes, target)}}
 
-    def validation_step(self, batch: Sequence[Record], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val", batch_idx)
+    def validation_step(self, batch: Sequence[Record], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, self.val_metrics)
 
-    def test_step(self, batch: Sequence[Record], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test", batch_idx)
+    def test_step(self, batch: Sequence[Record], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, self.test_metrics)
 
     def _log_metrics(self, metrics: GroundingMetrics, stage: str) -> dict[str, float]:
         values = {f"{stage}/{k}": float(v) for k, v in metrics.compute().items()}  # synced across ranks
@@ -165,11 +165,50 @@ class SFTGroundingModule(GroundingModule):
         self.log("train/sft_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
-        clip = self.max_grad_norm if gradient_clip_val is None else gradient_clip_val
-        if clip:
-            _clip(self, optimizer, clip)
+
+@dataclass
+class GRPOStep:
+    """Everything one GRPO step computes from a batch, in the order it is computed."""
+
+    records: list[Record]
+    """The prompts the policy kept (B), in rollout order."""
+    rollout: Rollout
+    tau: float
+    ious: Tensor
+    """[N] IoU of each completion with its prompt's GT box (0 when no box was parsed)."""
+    rewards: Tensor
+    """[N] total reward at ``tau``."""
+    parts: dict[str, Tensor]
+    """The reward's components ([N] each: ``accuracy``, ``format``)."""
+    advantages: Tensor
+    """[N] group-relative advantages."""
+    zero_std: Tensor
+    """[B] groups whose rewards are all equal (no learning signal)."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def samples(self) -> dict[str, Any]:
+        """The first completion of each group, for `SampleLoggingCallback`."""
+        G = self.rollout.num_generations
+        return {"records": self.records, "texts": self.rollout.texts[::G], "boxes": self.rollout.boxes[::G],
+                "ious": self.ious[::G], "rewards": self.rewards[::G], "tau": self.tau}
+
+
+@dataclass
+class LossInputs:
+    """What the loss of every chunk of one optimizer step shares."""
+
+    mask: Tensor
+    """[N, T] float completion mask."""
+    old: Tensor | None
+    """[N, T] log-probs under the sampling policy (None: on-policy, the current ones detached)."""
+    ref: Tensor | None
+    """[N, T] log-probs under the reference (None when beta is 0)."""
+    total_tokens: Tensor
+    """The token normalizer of bnpo/dapo (see `GRPOGroundingModule._agree`)."""
+    chunks: list[Tensor]
+    """Row indices of this rank's backward chunks."""
+    num_chunks: int
+    """Backward passes every rank runs (the most chunks of any rank)."""
 
 
 class GRPOGroundingModule(GroundingModule):
@@ -179,7 +218,8 @@ class GRPOGroundingModule(GroundingModule):
     optimizer steps with its old log-probs cached (TRL's μ), and each step backpropagates in row chunks of
     ``micro_batch_size`` so memory is bounded while the loss keeps the normalization of the whole batch.
     A bigger generation batch is a bigger ``batch_size`` in the data, not Trainer gradient accumulation.
-    ``training_step`` returns ``{"loss", "ious"}``, the `ThresholdCurriculumCallback` contract.
+    ``training_step`` returns ``{"loss", "ious", "samples"}``: the first two are the
+    `ThresholdCurriculumCallback` contract, the last feeds `SampleLoggingCallback`.
     """
 
     def __init__(
@@ -223,9 +263,7 @@ class GRPOGroundingModule(GroundingModule):
         self.loss_type, self.scale_rewards = loss_type, scale_rewards
         self.num_iterations, self.micro_batch_size = int(num_iterations), int(micro_batch_size)
         self.seed, self.fsdp_summon_for_generation = int(seed), fsdp_summon_for_generation
-        self.counts = {"rejected": 0, "empty": 0, "unparsed": 0, "zero_std_groups": 0, "all_fail_groups": 0,
-                       "skipped_steps": 0}
-        self._warned: set[str] = set()
+        self.counts = Counters()
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -233,16 +271,20 @@ class GRPOGroundingModule(GroundingModule):
             self.policy.enable_reference()
 
     # --- the step -------------------------------------------------------------------------------------
-    def training_step(self, batch: Sequence[Record], batch_idx: int) -> dict[str, Tensor]:
-        with self._step_rng():
-            return self._grpo_step(batch)
+    def training_step(self, batch: Sequence[Record], batch_idx: int) -> dict[str, Any]:
+        with distributed.step_rng(self.seed, self.global_rank, self.global_step, self.device):
+            step = self._rollout(batch)
+            losses, stats = self._optimize(step)
+        self._log_step(step, stats, len(batch))
+        return {"loss": losses, "ious": step.ious.detach(), "samples": step.samples()}
 
-    def _grpo_step(self, batch: Sequence[Record]) -> dict[str, Tensor]:
-        tau, G, timings = float(self.iou_threshold), self.num_generations, {}
+    def _rollout(self, batch: Sequence[Record]) -> GRPOStep:
+        """Sample G completions per prompt, then score them at the current τ: rewards and advantages."""
+        tau, G = float(self.iou_threshold), self.num_generations
         clock = time.perf_counter()
-        with self._generation_context():
+        with distributed.gathered_for_generation(self, self.fsdp_summon_for_generation):
             rollout = self.policy.sample(batch, G, self.temperature)
-        timings["rollout"] = time.perf_counter() - clock
+        rollout_s = time.perf_counter() - clock
 
         clock = time.perf_counter()
         records = [batch[i] for i in (range(len(batch)) if rollout.kept is None else rollout.kept)]
@@ -251,65 +293,61 @@ class GRPOGroundingModule(GroundingModule):
         ious = box_iou(rollout.boxes.to(self.device, torch.float32), target)
         rewards, parts = self.reward(ious, tau, rollout.texts)
         grouped = rewards.view(-1, G)
-        advantages = group_advantages(grouped, self.scale_rewards).view(-1) if rollout.num_rows else rewards
-        zero_std = zero_std_groups(grouped) if rollout.num_rows else torch.zeros(0, dtype=torch.bool)
-        all_fail = (parts["accuracy"].view(-1, G) <= 0).all(1) if rollout.num_rows else zero_std
+        if rollout.num_rows:
+            advantages = group_advantages(grouped, self.scale_rewards).view(-1)
+            zero_std = zero_std_groups(grouped)
+            all_fail = (parts["accuracy"].view(-1, G) <= 0).all(1)
+        else:
+            advantages, zero_std = rewards, torch.zeros(0, dtype=torch.bool)
+            all_fail = zero_std
         self._count_degenerate(rollout, zero_std, all_fail)
-        timings["reward"] = time.perf_counter() - clock
+        timings = {"rollout": rollout_s, "reward": time.perf_counter() - clock}
+        return GRPOStep(records, rollout, tau, ious, rewards, parts, advantages, zero_std, timings)
 
-        losses, stats, more = self._optimize(rollout, advantages)
-        timings.update(more)
-        self._log_step(rollout, ious, rewards, parts, zero_std, stats, timings, tau, len(batch))
-        if self.log_samples_every and self.global_step % self.log_samples_every < self.num_iterations:
-            log_samples(self, "train", records, rollout.texts[::G], rollout.boxes[::G], ious[::G], rewards[::G], tau)
-        return {"loss": losses, "ious": ious.detach()}
-
-    def _optimize(self, rollout: Rollout, advantages: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+    def _optimize(self, step: GRPOStep) -> tuple[Tensor, dict[str, Tensor]]:
         """μ optimizer steps on one rollout, each backpropagated in row chunks of ``micro_batch_size``."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        timings = {"logprobs": 0.0, "backward": 0.0}
+        rollout = step.rollout
+        step.timings.update(logprobs=0.0, backward=0.0)
         n = rollout.num_rows
         mask = rollout.mask.to(self.device, torch.float32)
         chunks = [torch.arange(s, min(s + self.micro_batch_size, n)) for s in range(0, n, self.micro_batch_size)]
         num_chunks, total_tokens, any_rows = self._agree(len(chunks), mask.sum(), n > 0)
         if not any_rows:
-            self.counts["skipped_steps"] += 1
-            self._warn_once("skipped", "every prompt of this step was rejected on every rank: step skipped")
-            return torch.zeros((), device=self.device), {}, timings
+            self.counts.add("skipped_steps", 1, "every prompt of this step was rejected on every rank: step skipped")
+            return torch.zeros((), device=self.device), {}
 
         clock = time.perf_counter()
         old = None if rollout.logps is None else rollout.logps.to(self.device)
         if old is None and self.num_iterations > 1:
             old = self._logprobs_no_grad(rollout, chunks, reference=False)
         ref = self._logprobs_no_grad(rollout, chunks, reference=True) if self.beta > 0 else None
-        timings["logprobs"] = time.perf_counter() - clock
+        step.timings["logprobs"] = time.perf_counter() - clock
+        inputs = LossInputs(mask, old, ref, total_tokens, chunks, num_chunks)
 
         clock = time.perf_counter()
         last_loss, stats = torch.zeros((), device=self.device), {}
         for _ in range(self.num_iterations):
             step_loss, step_stats = torch.zeros((), device=self.device), []
             for c in range(num_chunks):
-                sync = c == num_chunks - 1
-                with self._no_sync(not sync):
-                    loss, chunk_stats = self._chunk_loss(rollout, chunks, c, advantages, mask, old, ref,
-                                                         n, total_tokens)
+                with distributed.no_gradient_sync(self, block=c < num_chunks - 1):
+                    loss, chunk_stats = self._chunk_loss(step, inputs, c)
                     self.manual_backward(loss)
                 step_loss = step_loss + loss.detach()
                 if chunk_stats:
                     step_stats.append((chunk_stats, len(chunks[c])))  # stats only come from real chunks
             if self.max_grad_norm:
-                _clip(self, optimizer, self.max_grad_norm)
+                distributed.clip_grad_norm(self, optimizer, self.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
             last_loss, stats = step_loss, _weighted_mean(step_stats)
-        timings["backward"] = time.perf_counter() - clock
-        return last_loss, stats, timings
+        step.timings["backward"] = time.perf_counter() - clock
+        return last_loss, stats
 
-    def _chunk_loss(self, rollout: Rollout, chunks: list[Tensor], c: int, advantages: Tensor, mask: Tensor,
-                    old: Tensor | None, ref: Tensor | None, n: int, total_tokens: Tensor
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def _chunk_loss(self, step: GRPOStep, inputs: LossInputs, c: int) -> tuple[Tensor, dict[str, Tensor]]:
+        rollout, chunks = step.rollout, inputs.chunks
         if c >= len(chunks):  # (n == 0 means no chunks)
             # This rank ran out of rows but others did not: every rank must run the same forwards and
             # backwards (collectives under DDP/FSDP), so run a zero-weighted one.
@@ -320,158 +358,90 @@ class GRPOGroundingModule(GroundingModule):
         rows = chunks[c]
         logps = self.policy.logprobs(rollout, rows.to(rollout.mask.device)).to(self.device)
         rows = rows.to(self.device)
-        loss, stats = grpo_loss(
+        return grpo_loss(
             logps,
-            logps.detach() if old is None else old[rows],
-            advantages[rows],
-            mask[rows],
-            ref_logps=None if ref is None else ref[rows],
+            logps.detach() if inputs.old is None else inputs.old[rows],
+            step.advantages[rows],
+            inputs.mask[rows],
+            ref_logps=None if inputs.ref is None else inputs.ref[rows],
             beta=self.beta,
             epsilon=self.epsilon,
             epsilon_high=self.epsilon_high,
             loss_type=self.loss_type,
             # dr_grpo's constant: the generation limit (TRL's max_completion_length), not this batch's width
-            max_completion_length=max(getattr(self.policy, "max_new_tokens", 0), mask.shape[1]),
-            total_sequences=n,
-            total_tokens=total_tokens,
+            max_completion_length=max(self.policy.max_completion_length, inputs.mask.shape[1]),
+            total_sequences=rollout.num_rows,
+            total_tokens=inputs.total_tokens,
         )
-        return loss, stats
 
     def _logprobs_no_grad(self, rollout: Rollout, chunks: list[Tensor], reference: bool) -> Tensor:
         with torch.no_grad():
             parts = [self.policy.logprobs(rollout, rows.to(rollout.mask.device), reference=reference) for rows in chunks]
         return torch.cat(parts).to(self.device)
 
-    # --- distributed helpers --------------------------------------------------------------------------
     def _agree(self, num_chunks: int, tokens: Tensor, any_rows: bool) -> tuple[int, Tensor, bool]:
         """Agree across ranks on the number of backward chunks, and pick the token normalizer.
 
         ``bnpo`` normalizes by this rank's tokens (TRL's local micro-batch); ``dapo`` by the tokens of the
         whole generation batch over all ranks, divided by the world size because DDP averages gradients.
         """
-        world = self.trainer.world_size if self._trainer is not None else 1
+        world = distributed.world_size(self)
         if world == 1:
             return num_chunks, tokens, any_rows
-        packed = torch.tensor([float(num_chunks), float(tokens), float(any_rows)], device=self.device)
-        maxed = self.trainer.strategy.reduce(packed.clone(), reduce_op="max")
-        summed = self.trainer.strategy.reduce(packed.clone(), reduce_op="sum")
+        maxed, summed = distributed.max_and_sum(self, [num_chunks, float(tokens), float(any_rows)])
         total = summed[1] / world if self.loss_type == "dapo" else tokens
         return int(maxed[0]), total, bool(maxed[2] > 0)
 
-    @contextlib.contextmanager
-    def _no_sync(self, block: bool) -> Iterator[None]:
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        if block and isinstance(strategy, DDPStrategy):
-            with strategy.block_backward_sync():
-                yield
-        else:
-            yield
-
-    @contextlib.contextmanager
-    def _generation_context(self) -> Iterator[None]:
-        """With ``fsdp_summon_for_generation``, gather the full parameters once for the whole rollout instead
-        of per layer and per decoding step (faster, at the memory cost of one unsharded model)."""
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        if not self.fsdp_summon_for_generation:
-            yield
-        elif isinstance(strategy, FSDPStrategy):
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            with FSDP.summon_full_params(self.trainer.model, writeback=False, recurse=True):
-                yield
-        elif isinstance(strategy, ModelParallelStrategy):
-            from torch.distributed.fsdp import FSDPModule
-
-            units = [m for m in self.modules() if isinstance(m, FSDPModule)]
-            for unit in units:
-                unit.set_reshard_after_forward(False)
-                unit.unshard()
-            try:
-                yield
-            finally:
-                for unit in units:
-                    unit.set_reshard_after_forward(True)
-                    unit.reshard()
-        else:
-            yield
-
-    @contextlib.contextmanager
-    def _step_rng(self) -> Iterator[None]:
-        """A step's randomness (sampling, dropout) is a pure function of (seed, rank, step): ranks differ,
-        and a resumed run draws exactly what the uninterrupted one would have."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed * 1_000_003 + self.global_rank * 7919 + self.global_step)
-            yield
-
     # --- bookkeeping ----------------------------------------------------------------------------------
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(f"{message} (counted in train/count_{key}; later cases are counted silently)", stacklevel=2)
-
     def _count_rejections(self, rollout: Rollout, batch: Sequence[Record]) -> None:
         if rollout.rejected:
-            self.counts["rejected"] += len(rollout.rejected)
             first = next(iter(rollout.rejected.items()))
-            self._warn_once("rejected", f"{len(rollout.rejected)} prompt(s) rejected up front, e.g. record "
-                                        f"{batch[first[0]].get('id')!r}: {first[1]}")
+            self.counts.add("rejected", len(rollout.rejected),
+                            f"{len(rollout.rejected)} prompt(s) rejected up front, e.g. record "
+                            f"{batch[first[0]].get('id')!r}: {first[1]}")
 
     def _count_degenerate(self, rollout: Rollout, zero_std: Tensor, all_fail: Tensor) -> None:
         """Counts: empty and unparsed completions, zero-std groups, and all-fail groups (no accuracy reward at
         all: the zero-std groups a too-strict τ causes)."""
         empty = sum(1 for t in rollout.texts if not t.strip())
         unparsed = int(torch.isnan(rollout.boxes).any(1).sum())
-        self.counts["empty"] += empty
-        self.counts["unparsed"] += unparsed
-        self.counts["zero_std_groups"] += int(zero_std.sum())
-        self.counts["all_fail_groups"] += int(all_fail.sum())
-        if empty:
-            self._warn_once("empty", f"{empty} empty completion(s) this step: reward 0")
-        if unparsed:
-            self._warn_once("unparsed", f"{unparsed} completion(s) without a parseable box this step: IoU 0")
+        self.counts.add("empty", empty, f"{empty} empty completion(s) this step: reward 0")
+        self.counts.add("unparsed", unparsed, f"{unparsed} completion(s) without a parseable box this step: IoU 0")
+        self.counts.add("zero_std_groups", int(zero_std.sum()))
+        self.counts.add("all_fail_groups", int(all_fail.sum()))
 
-    def _log_step(self, rollout: Rollout, ious: Tensor, rewards: Tensor, parts: dict[str, Tensor], zero_std: Tensor,
-                  stats: dict[str, Tensor], timings: dict[str, float], tau: float, batch_size: int) -> None:
-        n = max(rollout.num_rows, 1)
+    def _log_step(self, step: GRPOStep, stats: dict[str, Tensor], batch_size: int) -> None:
+        rollout, rewards, n = step.rollout, step.rewards, max(step.rollout.num_rows, 1)
         self.log("reward", rewards.sum() / n, prog_bar=True, on_step=True, batch_size=batch_size, logger=False)
         if not logs_this_step(self.trainer):
             return  # each self.log costs ~1 ms here: build the full set only when the logger writes
         grouped = rewards.view(-1, self.num_generations) if rollout.num_rows else rewards.view(0, 1)
-        lengths = rollout.mask.sum(1).float()
         values: dict[str, float | Tensor] = {
             "train/reward": rewards.sum() / n,
             "train/reward_std": grouped.std(1).mean() if rollout.num_rows else torch.zeros(()),
-            "train/frac_reward_zero_std": zero_std.float().mean() if zero_std.numel() else torch.ones(()),
-            "train/accuracy_reward": parts["accuracy"].sum() / n,
-            "train/format_reward": parts["format"].sum() / n,
-            "train/iou": ious.sum() / n,
+            "train/frac_reward_zero_std": step.zero_std.float().mean() if step.zero_std.numel() else torch.ones(()),
+            "train/accuracy_reward": step.parts["accuracy"].sum() / n,
+            "train/format_reward": step.parts["format"].sum() / n,
+            "train/iou": step.ious.sum() / n,
             "train/parse_rate": (~torch.isnan(rollout.boxes).any(1)).float().sum() / n,
-            "train/completion_length": lengths.sum() / n,
+            "train/completion_length": rollout.mask.sum(1).float().sum() / n,
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/{k}": v.float().sum() / n for k, v in rollout.info.items() if v.numel() == rollout.num_rows},
         }
         values = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()}
-        values = self._mean_over_ranks(values)
-        values["train/tau"] = torch.tensor(tau)
-        values.update({f"time/{k}_s": torch.tensor(v) for k, v in timings.items()})
+        values = distributed.mean_over_ranks(self, values)
+        values["train/tau"] = torch.tensor(step.tau)
+        values.update({f"time/{k}_s": torch.tensor(v) for k, v in step.timings.items()})
         values.update({f"train/count_{k}": torch.tensor(float(v)) for k, v in self.counts.items()})
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
 
-    def _mean_over_ranks(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        if self._trainer is None or self.trainer.world_size == 1:
-            return values
-        keys = sorted(values)
-        stacked = self.trainer.strategy.reduce(torch.stack([values[k] for k in keys]), reduce_op="mean")
-        return dict(zip(keys, stacked.unbind()))
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["medloc_counts"] = dict(self.counts)
+        checkpoint["medloc_counts"] = self.counts.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.counts.update(checkpoint.get("medloc_counts", {}))
+        self.counts.load_state_dict(checkpoint.get("medloc_counts", {}))
 
 
 def _weighted_mean(items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
@@ -479,18 +449,6 @@ def _weighted_mean(items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tens
     if not items or total == 0:
         return {}
     return {k: sum(s[k] * w for s, w in items) / total for k in items[0][0]}
-
-
-def _clip(module: pl.LightningModule, optimizer: Any, max_norm: float) -> None:
-    """Clip by global norm. FSDP1 needs its own sharding-aware clip (Lightning's refuses under FSDP); with
-    FSDP2 the gradients are DTensors and torch's clip computes the norm over all shards."""
-    model = module.trainer.model
-    if hasattr(model, "clip_grad_norm_"):
-        model.clip_grad_norm_(max_norm)
-    elif isinstance(module.trainer.strategy, ModelParallelStrategy):
-        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], max_norm)
-    else:
-        module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
 
 
 def _lr_lambda(schedule: str, warmup: int, total: float):

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +13,7 @@ from medloc_lightning.curriculum import FixedThreshold
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.rewards import GroundingReward
 
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_modules import ScriptedPolicy, record_loader, square_records  # noqa: E402
+from toy_modules import ScriptedPolicy, record_loader, square_records
 
 # GT is [0, 0, 10, 10]: IoUs 1.0, 0.5, 0 (unparseable), 0 (empty)
 ANSWERS = ['<answer>{"bbox_2d": [0, 0, 10, 10]}</answer>', "<answer>[0, 0, 5, 10]</answer>", "no box here", ""]

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from medloc_lightning import ThresholdCurriculumCallback
+from medloc_lightning.callbacks import SampleLoggingCallback
 from medloc_lightning.curriculum import ThresholdCurriculum
 from medloc_lightning.data import GroundingDataModule
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
@@ -41,9 +42,9 @@ def trainer(root, steps, callbacks=(), **kw):
 def test_grpo_lora_with_curriculum_logs_to_tensorboard(tmp_path, tiny_qwen_dir, synth_dir):
     pl.seed_everything(0)
     cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=2))
-    module = grpo(tiny_qwen_dir, log_samples_every=1)
+    module = grpo(tiny_qwen_dir)
     logger = TensorBoardLogger(tmp_path, name="tb")
-    t = trainer(tmp_path, 3, [cb], logger=logger, log_every_n_steps=1, limit_val_batches=1, val_check_interval=3)
+    t = trainer(tmp_path, 3, [cb, SampleLoggingCallback(every_n_steps=1)], logger=logger, log_every_n_steps=1, limit_val_batches=1, val_check_interval=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t.fit(module, data(synth_dir))
@@ -57,6 +58,7 @@ def test_grpo_lora_with_curriculum_logs_to_tensorboard(tmp_path, tiny_qwen_dir, 
         assert key in scalars, key
     assert any(tag.startswith("train_samples/") for tag in events.Tags()["images"])
     assert any(tag.startswith("train_samples/") for tag in events.Tags()["tensors"])  # the text samples
+    assert any(tag.startswith("val_samples/") for tag in events.Tags()["images"])
 
 
 def _run(root, model_dir, synth_dir, steps, ckpt_path=None):

@@ -55,23 +55,56 @@ class Rollout:
         return self.num_rows // self.num_generations
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """How the module runs the policy's weights, passed to `GroundingPolicy.configure`."""
+
+    sharded: bool = False
+    """Weights are sharded over ranks (FSDP, FSDP2, any number of ranks): submodules may then run only inside
+    the root forward, so no shortcut may call them directly."""
+    synced_generation: bool = False
+    """Every rank must keep decoding until all are done (``synced_gpus``), or the per-layer all-gathers of
+    sharded weights deadlock."""
+
+
 class GroundingPolicy(nn.Module, abc.ABC):
-    """Base class of every policy. Subclasses are plain ``nn.Module`` s so Lightning moves and saves them."""
+    """Base class of every policy. Subclasses are plain ``nn.Module`` s so Lightning moves and saves them.
+
+    Everything the modules use is declared here: a policy written against this class alone works with
+    `GRPOGroundingModule` and `SFTGroundingModule`.
+    """
 
     frozen_weights_reloadable: bool = False
     """True when ``configure()`` restores every frozen parameter exactly (e.g. from a pretrained checkpoint):
     checkpoints then hold only the trainable weights (a LoRA run saves megabytes, not the base model)."""
 
-    synced_generation: bool = False
-    """Set by the module when weights are sharded over ranks: every rank must then keep decoding until all
-    are done (``synced_gpus``), or the per-layer all-gathers of FSDP deadlock."""
+    sharding: Sharding = Sharding()
+    """What `configure` was last told about sharding (unsharded until then)."""
 
-    sharded: bool = False
-    """Set by the module under an FSDP strategy (any number of ranks): submodules may then run only inside
-    the root forward, so no shortcut may call them directly."""
+    def configure(self, sharding: Sharding | None = None) -> None:
+        """Build or load heavy weights; called from ``LightningModule.configure_model`` with the strategy's
+        `Sharding` (policies also call it bare, which keeps the sharding already recorded). Idempotent.
 
-    def configure(self) -> None:
-        """Build or load heavy weights; called from ``LightningModule.configure_model``. Idempotent."""
+        Subclasses that load weights lazily override it and call ``super().configure(sharding)`` first.
+        """
+        if sharding is not None:
+            self.sharding = sharding
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's weights are (CPU before any are built)."""
+        param = next(self.parameters(), None)
+        return torch.device("cpu") if param is None else param.device
+
+    @property
+    def max_completion_length(self) -> int:
+        """The most tokens one completion may have (Dr. GRPO's loss constant); 1 for single-token policies."""
+        return 1
+
+    @property
+    def has_reference_copy(self) -> bool:
+        """Whether `enable_reference` made a separate frozen copy (rather than, e.g., disabling adapters)."""
+        return False
 
     def shard(self, mesh: Any) -> None:
         """FSDP2: shard this policy over a 1-D data-parallel device mesh (``ModelParallelStrategy``).

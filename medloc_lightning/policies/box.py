@@ -134,10 +134,6 @@ class BoxPolicy(GroundingPolicy):
         self._reference: BoxNet | None = None
 
     # ------------------------------------------------------------------ setup
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
     def enable_reference(self) -> None:
         """Freeze a deep copy of the current weights as the reference (kept out of the state dict). Idempotent."""
         if self._reference is None:

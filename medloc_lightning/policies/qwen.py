@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, parse_box
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout
+from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding
 from medloc_lightning.policies.qwen_batch import (
     append_completions,
     shared_image_features,
@@ -39,6 +39,7 @@ from medloc_lightning.policies.qwen_loading import (
     enable_gradient_checkpointing,
     load_adapter,
     load_base_model,
+    resolve_model_name,
     resolve_dtype,
     train_mode_without_dropout,
     vision_tower,
@@ -46,7 +47,6 @@ from medloc_lightning.policies.qwen_loading import (
 )
 from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
 from medloc_lightning.policies.qwen_prompts import EncodedPrompts, encode_prompts, prompt_text
-from medloc_lightning.testing import resolve_model_name
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -140,8 +140,9 @@ class QwenVLPolicy(GroundingPolicy):
         """Blocks for FSDP auto-wrapping and activation checkpointing (decoder layers, vision blocks)."""
         return wrap_classes()
 
-    def configure(self) -> None:
+    def configure(self, sharding: Sharding | None = None) -> None:
         """Load the weights, then apply quantization, LoRA, frozen vision and checkpointing. Idempotent."""
+        super().configure(sharding)
         if self.model is not None:
             return
         base_path = adapter_base(self.model_name_or_path)
@@ -208,10 +209,8 @@ class QwenVLPolicy(GroundingPolicy):
         return self._reference_model is not None
 
     @property
-    def device(self) -> torch.device:
-        if self.model is None:
-            return torch.device("cpu")
-        return next(self.model.parameters()).device
+    def max_completion_length(self) -> int:
+        return self.max_new_tokens
 
     # ------------------------------------------------------------------ prompts
     def prompt_text(self, record: Record) -> str:
@@ -254,7 +253,7 @@ class QwenVLPolicy(GroundingPolicy):
         """Completion ids [rows, T] (prompt stripped)."""
         with torch.no_grad(), train_mode_without_dropout(self.model):
             sequences = self.model.generate(**prompts, generation_config=config,
-                                            synced_gpus=True if self.synced_generation else None)
+                                            synced_gpus=True if self.sharding.synced_generation else None)
         return sequences[:, prompts["input_ids"].shape[1]:]
 
     def _decode(self, completion_ids: Tensor, mask: Tensor) -> list[str]:
@@ -318,7 +317,7 @@ class QwenVLPolicy(GroundingPolicy):
         parameters are only gathered inside the root forward.
         """
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        shared = not self.sharded and _accepts_encoder_outputs(type(base))
+        shared = not self.sharding.sharded and _accepts_encoder_outputs(type(base))
         inputs = append_completions(select_prompts(prompts, prompt_index, pixels=not shared), completion_ids, mask)
         if shared:
             inputs["mm_encoder_outputs"] = {"image": shared_image_features(model, prompts, prompt_index)}

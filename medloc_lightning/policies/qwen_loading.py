@@ -21,6 +21,20 @@ VISION_MODULE_PATTERN = r".*\bvisual\b.*"
 """peft ``exclude_modules`` regex for the vision tower (module names like ``model.visual.blocks.0.mlp``)."""
 
 
+def resolve_model_name(name: str) -> str:
+    """A ``medloc:`` name -> the folder it stands for; any other name (hub id, local folder) unchanged.
+
+    ``medloc:tiny-qwen2.5-vl`` is a random-weight tiny model built offline (cached per process).
+    """
+    from medloc_lightning.policies.qwen_tiny import TINY_QWEN_NAME, tiny_qwen_path
+
+    if not name.startswith("medloc:"):
+        return name
+    if name == TINY_QWEN_NAME:
+        return str(tiny_qwen_path())
+    raise ValueError(f"unknown model name {name!r}; the medloc: names are {[TINY_QWEN_NAME]}")
+
+
 def wrap_classes() -> tuple[type[nn.Module], ...]:
     """The blocks FSDP auto-wraps (and activation checkpointing targets): decoder layers and vision blocks."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock

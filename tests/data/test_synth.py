@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from medloc_lightning.data.synth import PRESETS, SynthConfig, add_arguments, generate, run, split_counts
-from medloc_lightning.data.synth_draw import Blob, footprint_box
+from medloc_lightning.data.synth.draw import Blob, footprint_box
 
 SPLIT_NAMES = ("train", "val", "test")
 EXPECTED_LABEL = {"dermoscopy": "lesion", "ultrasound": "nodule", "xray": "spot"}

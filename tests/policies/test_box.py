@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 import lightning.pytorch as pl
 from medloc_lightning.boxes import box_iou
 from medloc_lightning.data.synth import SynthConfig, generate
-from medloc_lightning.callback import ThresholdCurriculumCallback
+from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.grpo import group_advantages, grpo_loss
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.parsing import has_valid_format, parse_box
@@ -522,7 +522,7 @@ def test_grpo_module_trains_box_policy_with_reference_chunks_and_reused_rollouts
     start = {k: v.clone() for k, v in policy.state_dict().items()}
     # micro_batch_size 6 with G = 4: row chunks straddle prompts; beta > 0 asks for the reference copy
     module = GRPOGroundingModule(policy, num_generations=4, temperature=1.0, learning_rate=3e-3, beta=0.04,
-                                 num_iterations=2, micro_batch_size=6, log_samples_every=0)
+                                 num_iterations=2, micro_batch_size=6)
     callback = ThresholdCurriculumCallback()
     trainer, logged, validated = run_trainer(module, synth[:8], 4, (callback,))  # 2 rollouts x 2 steps each
     assert trainer.global_step == 4 and policy.has_reference_copy
@@ -551,7 +551,7 @@ def test_sparse_reward_grpo_through_the_module_learns_from_scratch_without_colla
     # zero-std, so no gradient could ever bring it back. Seeds 1-3 of this one: 0.88-0.99 in the last 20 steps.
     policy = BoxPolicy(**dict(SMALL, image_size=96), seed=2)
     module = GRPOGroundingModule(policy, num_generations=8, temperature=1.0, iou_threshold=0.3, learning_rate=1e-2,
-                                 micro_batch_size=64, log_samples_every=0)
+                                 micro_batch_size=64)
     record = RecordIoUs()
     trainer = pl.Trainer(accelerator="cpu", max_steps=150, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[record])

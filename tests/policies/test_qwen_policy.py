@@ -412,7 +412,7 @@ def test_sft_learns_the_box_and_export_reloads_it(tiny_qwen_dir: str, tmp_path) 
     policy = make_policy(tiny_qwen_dir, max_new_tokens=40)
     record = make_record(0, 64, 48)
     torch.manual_seed(0)
-    losses = _sft_train(policy, [record], steps=45)
+    losses = _sft_train(policy, [record], steps=80)  # 45 was enough on some CPUs, not on all
     assert losses[-1] < 0.2 * losses[0] and losses[19] < losses[0] - 1.0
     texts, boxes = policy.predict([record])
     geometry = policy.encode([record]).geometries[0]
@@ -458,7 +458,7 @@ def test_predict_in_eval_mode_restores_modes(policy: QwenVLPolicy) -> None:
 
 
 def test_tiny_model_name_builds_the_offline_model(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medloc_lightning.testing import CACHE_ENV, TINY_QWEN_NAME
+    from medloc_lightning.policies.qwen_tiny import CACHE_ENV, TINY_QWEN_NAME
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     policy = QwenVLPolicy(TINY_QWEN_NAME, max_pixels=MAX_PIXELS)

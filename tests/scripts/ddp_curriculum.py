@@ -1,4 +1,4 @@
-"""Run by tests/test_callback.py: 2-process DDP (gloo, CPU); each rank dumps what it saw and its curriculum."""
+"""Run by tests/callbacks/test_curriculum.py: 2-process DDP (gloo, CPU); each rank dumps what it saw and its curriculum."""
 import json
 import sys
 from pathlib import Path
@@ -7,11 +7,10 @@ import torch
 
 import lightning.pytorch as pl
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from toy_modules import ScriptedModule, ScriptedIoUs  # noqa: E402
+from toy_modules import ScriptedModule, ScriptedIoUs
 
-from medloc_lightning import ThresholdCurriculumCallback  # noqa: E402
-from medloc_lightning.curriculum import ThresholdCurriculum  # noqa: E402
+from medloc_lightning import ThresholdCurriculumCallback
+from medloc_lightning.curriculum import ThresholdCurriculum
 
 
 class Recording(ScriptedModule):

@@ -5,7 +5,7 @@ BPE tokenizer trained here that carries Qwen's special tokens and covers the pro
 Qwen-style chat template and an image-only processor. It loads with the stock
 ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` and with `ImageOnlyQwen2_5_VLProcessor`.
 
-Run ``python -m medloc_lightning.testing OUT_DIR`` to write one, or pass the name `TINY_QWEN_NAME` as
+Run ``python -m medloc_lightning.policies.qwen_tiny OUT_DIR`` to write one, or pass the name `TINY_QWEN_NAME` as
 ``model_name_or_path`` to `QwenVLPolicy` (the smoke config does) to build one on the fly.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -228,23 +229,40 @@ def tiny_qwen_path(cache_dir: str | os.PathLike | None = None, **kwargs) -> Path
         return target
 
 
-def resolve_model_name(name: str) -> str:
-    """`TINY_QWEN_NAME` -> the path of a (cached) tiny model; any other name unchanged."""
-    return str(tiny_qwen_path()) if name == TINY_QWEN_NAME else name
+def add_dimension_arguments(parser: argparse.ArgumentParser) -> None:
+    """The builder's architecture and processor options (shared with the grounding-prior recipe)."""
+    defaults = {k: p.default for k, p in inspect.signature(build_tiny_qwen2_5_vl).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    helps = {"hidden": "text hidden size (multiple of 64)", "layers": "decoder layers",
+             "heads": "attention heads", "kv_heads": "key/value heads",
+             "vision_hidden": "vision hidden size (multiple of 64)", "vision_depth": "vision blocks",
+             "vision_heads": "vision attention heads", "seed": "weight-initialisation seed",
+             "min_pixels": "processor min_pixels", "max_pixels": "processor max_pixels",
+             "max_position_embeddings": "text context length"}
+    for name, help_text in helps.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name],
+                            help=f"{help_text} (default {defaults[name]})")
+
+
+def dimensions_from_args(args: argparse.Namespace) -> dict[str, int]:
+    """The keyword arguments of `build_tiny_qwen2_5_vl` named by `add_dimension_arguments`' options."""
+    return {name: getattr(args, name) for name in ("hidden", "layers", "heads", "kv_heads", "vision_hidden",
+                                                   "vision_depth", "vision_heads", "seed", "min_pixels",
+                                                   "max_pixels", "max_position_embeddings")}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m medloc_lightning.testing OUT_DIR [--seed N] ...``: write a tiny model folder."""
+    """``python -m medloc_lightning.policies.qwen_tiny OUT_DIR [--hidden N --layers N ...]``: write a tiny
+    random-weight model folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-pixels", type=int, default=56 * 56)
-    parser.add_argument("--max-pixels", type=int, default=224 * 224)
-    parser.add_argument("--max-position-embeddings", type=int, default=2048)
+    add_dimension_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = build_tiny_qwen2_5_vl(args.out_dir, seed=args.seed, min_pixels=args.min_pixels,
-                                 max_pixels=args.max_pixels, max_position_embeddings=args.max_position_embeddings)
+    try:
+        path = build_tiny_qwen2_5_vl(args.out_dir, **dimensions_from_args(args))
+    except ValueError as err:
+        parser.error(str(err))
     print(path)
 
 

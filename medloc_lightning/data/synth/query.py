@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medloc_lightning.data.synth_draw import FOOTPRINT_THRESHOLD, footprint_box, luminance
+from medloc_lightning.data.synth.draw import FOOTPRINT_THRESHOLD, footprint_box, luminance
 
 SIZE_RATIO = 1.5
 TONE_MARGIN = 0.08

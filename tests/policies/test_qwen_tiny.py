@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, build_prompt, format_answer
-from medloc_lightning.testing import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, main, tiny_qwen_path
+from medloc_lightning.policies.qwen_tiny import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, main, tiny_qwen_path
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -3,11 +3,11 @@
 Writes ``OUT/images/<id>.png`` and ``OUT/{train,val,test}.jsonl`` (image paths relative to OUT) in the
 record schema of docs/architecture.md, plus one extra field, ``distractors``: the boxes of the other
 referable structures in the image (same convention as ``bbox``; bones in X-rays are not listed). The box
-is the tight box of the target's footprint, its opacity ramp >= 0.5 (see synth_draw). Image ``i`` comes from
+is the tight box of the target's footprint, its opacity ramp >= 0.5 (see `draw`). Image ``i`` comes from
 its own random stream ``SeedSequence(seed, spawn_key=(i,))``, so output is byte-identical for the same
 arguments whatever the worker count (on one platform: BLAS and zlib builds may differ elsewhere), and growing
 ``n`` leaves earlier images unchanged. Splits are contiguous index ranges sized by largest remainder; in
-``mixed`` mode modalities cycle by index. Queries: see synth_query.
+``mixed`` mode modalities cycle by index. Queries: see `query`.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medloc_lightning.data.synth_draw import to_uint8
-from medloc_lightning.data.synth_query import choose_referent, measure, phrase
-from medloc_lightning.data.synth_render import RENDERERS
+from medloc_lightning.data.synth.draw import to_uint8
+from medloc_lightning.data.synth.query import choose_referent, measure, phrase
+from medloc_lightning.data.synth.render import RENDERERS
 
 MODALITIES = ("dermoscopy", "ultrasound", "xray")
 LABELS = {"dermoscopy": "lesion", "ultrasound": "nodule", "xray": "spot"}
@@ -84,7 +84,7 @@ class SynthConfig:
 
     @classmethod
     def preset(cls, name: str) -> "SynthConfig":
-        """A named preset: 'easy', 'default' or 'hard'."""
+        """A named preset: 'easy', 'default', 'single', 'lab' or 'hard'."""
         if name not in PRESETS:
             raise ValueError(f"unknown synth preset {name!r}; choose from {sorted(PRESETS)}")
         return PRESETS[name]
@@ -100,6 +100,8 @@ PRESETS: dict[str, SynthConfig] = {
     # box almost never reaches IoU 0.5): the sparse-reward regime of the paper, learnable on CPU in minutes.
     "lab": SynthConfig(target_size=(0.08, 0.16), contrast=(0.6, 0.9), noise=0.7, blur=(0.0, 0.004),
                        edge_softness=(0.05, 0.15), structures=(1, 1)),
+    # The default knobs with one structure per image: smaller and fainter than 'easy', no query to resolve.
+    "single": SynthConfig(structures=(1, 1)),
     # Small, faint, blurry, noisy targets: a random box rarely reaches IoU 0.5.
     "hard": SynthConfig(target_size=(0.05, 0.11), contrast=(0.25, 0.5), noise=1.25, blur=(0.003, 0.01),
                         edge_softness=(0.15, 0.35)),

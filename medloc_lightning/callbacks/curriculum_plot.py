@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
-from medloc_lightning.callback import ThresholdCurriculumCallback
+from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.plotting import plot_curves
 
 SERIES = ("tau", "hit_rate", "reward_std", "iou_margin")

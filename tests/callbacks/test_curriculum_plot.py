@@ -1,6 +1,5 @@
 """CurriculumPlotCallback in a real Trainer: one point per optimizer step, raises at the right steps, a PNG."""
 import json
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -9,10 +8,9 @@ from PIL import Image
 
 from medloc_lightning import ThresholdCurriculumCallback
 from medloc_lightning.curriculum import ThresholdCurriculum
-from medloc_lightning.curriculum_plot import CurriculumPlotCallback
+from medloc_lightning.callbacks.curriculum_plot import CurriculumPlotCallback
 
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_modules import ScriptedModule, scripted_loader  # noqa: E402
+from toy_modules import ScriptedModule, scripted_loader
 
 
 def test_plot_records_every_step_and_marks_raises(tmp_path):

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from medloc_lightning.data.synth_draw import (
+from medloc_lightning.data.synth.draw import (
     Blob,
     blur,
     capsule,

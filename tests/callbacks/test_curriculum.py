@@ -15,8 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from medloc_lightning import ThresholdCurriculumCallback
 from medloc_lightning.curriculum import FixedThreshold, ProgressSchedule, ThresholdCurriculum
 
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_modules import GaussianBoxRL, ScriptedIoUs, ScriptedModule, dummy_loader, scripted_loader  # noqa: E402
+from toy_modules import GaussianBoxRL, ScriptedIoUs, ScriptedModule, dummy_loader, scripted_loader
 
 
 def trainer(tmp_path, max_steps, callbacks, **kw):
@@ -123,7 +122,7 @@ def test_fixed_threshold_baseline_plugs_in(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_share_tau(tmp_path):
-    script = Path(__file__).parent / "scripts" / "ddp_curriculum.py"
+    script = Path(__file__).parents[1] / "scripts" / "ddp_curriculum.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=300)
