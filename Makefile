@@ -1,6 +1,9 @@
 # Two entry points, both self-contained on a fresh machine with Python 3.11:
 #   make test   set up .venv if needed, then run the test suite
-#   make demo   set up .venv if needed, then run the quickstart (train + test)
+#   make demo   set up .venv if needed, then the quickstart: test the shipped Qwen2.5-VL grounding prior,
+#               GRPO + the MedLoc-R1 curriculum on it, test the result
+# and one more:
+#   make lab    the curriculum lab's quickstart (BoxPolicy, two minutes)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +12,7 @@ export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo lab bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +29,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	@echo "== the grounding prior, before GRPO =="
+	$(BIN)/medloc test --config configs/quickstart.yaml
 	$(BIN)/medloc fit --config configs/quickstart.yaml
+	@echo "== after GRPO with the MedLoc-R1 curriculum =="
 	$(BIN)/medloc test --config configs/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt
+
+lab: $(STAMP)
+	$(BIN)/medloc fit --config configs/lab_quickstart.yaml
+	$(BIN)/medloc test --config configs/lab_quickstart.yaml --ckpt_path runs/lab_quickstart/checkpoints/last.ckpt
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/curriculum_overhead.py

@@ -24,15 +24,23 @@ VISION_MODULE_PATTERN = r".*\bvisual\b.*"
 def resolve_model_name(name: str) -> str:
     """A ``medloc:`` name -> the folder it stands for; any other name (hub id, local folder) unchanged.
 
-    ``medloc:tiny-qwen2.5-vl`` is a random-weight tiny model built offline (cached per process).
+    ``medloc:tiny-qwen2.5-vl`` is a random-weight tiny model built offline (cached per process); the names in
+    `medloc_lightning.checkpoints.SHIPPED` are folders shipped with the package.
     """
+    from medloc_lightning.checkpoints import SHIPPED, shipped_path
     from medloc_lightning.policies.qwen_tiny import TINY_QWEN_NAME, tiny_qwen_path
 
     if not name.startswith("medloc:"):
         return name
     if name == TINY_QWEN_NAME:
         return str(tiny_qwen_path())
-    raise ValueError(f"unknown model name {name!r}; the medloc: names are {[TINY_QWEN_NAME]}")
+    if name in SHIPPED:
+        path = shipped_path(name)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{name}: the shipped folder {path} is missing or incomplete; reinstall the "
+                                    f"package, or rebuild it with `python -m medloc_lightning.prior --out {path}`")
+        return str(path)
+    raise ValueError(f"unknown model name {name!r}; the medloc: names are {sorted([TINY_QWEN_NAME, *SHIPPED])}")
 
 
 def wrap_classes() -> tuple[type[nn.Module], ...]:

@@ -84,7 +84,7 @@ class SynthConfig:
 
     @classmethod
     def preset(cls, name: str) -> "SynthConfig":
-        """A named preset: 'easy', 'default', 'single', 'lab' or 'hard'."""
+        """A named preset: 'easy', 'small', 'default', 'single', 'lab' or 'hard'."""
         if name not in PRESETS:
             raise ValueError(f"unknown synth preset {name!r}; choose from {sorted(PRESETS)}")
         return PRESETS[name]
@@ -100,6 +100,9 @@ PRESETS: dict[str, SynthConfig] = {
     # box almost never reaches IoU 0.5): the sparse-reward regime of the paper, learnable on CPU in minutes.
     "lab": SynthConfig(target_size=(0.08, 0.16), contrast=(0.6, 0.9), noise=0.7, blur=(0.0, 0.004),
                        edge_softness=(0.05, 0.15), structures=(1, 1)),
+    # 'easy' at about half the size: one clear structure, but a loose box now misses IoU 0.5.
+    "small": SynthConfig(target_size=(0.12, 0.25), contrast=(0.7, 1.0), noise=0.5, blur=(0.0, 0.003),
+                         edge_softness=(0.03, 0.1), structures=(1, 1)),
     # The default knobs with one structure per image: smaller and fainter than 'easy', no query to resolve.
     "single": SynthConfig(structures=(1, 1)),
     # Small, faint, blurry, noisy targets: a random box rarely reaches IoU 0.5.
