@@ -9,14 +9,17 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 from torch import nn
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-QUANTIZATION_MODES = ("4bit", "8bit")
+DTypeName = Literal["auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"]
+"""``"auto"`` keeps the checkpoint's dtype; the others name a torch dtype (short and long spellings)."""
+Quantization = Literal["4bit", "8bit"]
+QUANTIZATION_MODES: tuple[str, ...] = get_args(Quantization)
 VISION_MODULE_PATTERN = r".*\bvisual\b.*"
 """peft ``exclude_modules`` regex for the vision tower (module names like ``model.visual.blocks.0.mlp``)."""
 
@@ -42,7 +45,7 @@ def wrap_classes() -> tuple[type[nn.Module], ...]:
     return (Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock)
 
 
-def resolve_dtype(dtype: str) -> torch.dtype | str:
+def resolve_dtype(dtype: DTypeName) -> torch.dtype | str:
     """``"auto"`` (the checkpoint's dtype) or a torch dtype from its name."""
     if dtype == "auto":
         return "auto"
@@ -52,7 +55,7 @@ def resolve_dtype(dtype: str) -> torch.dtype | str:
         raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}") from None
 
 
-def quantization_config(mode: str | None, compute_dtype: torch.dtype | str) -> Any:
+def quantization_config(mode: Quantization | None, compute_dtype: torch.dtype | str) -> Any:
     """A ``BitsAndBytesConfig`` for ``"4bit"`` (nf4, double quant) or ``"8bit"``; None when ``mode`` is None."""
     if mode is None:
         return None
@@ -89,8 +92,8 @@ def adapter_base(path: str) -> str | None:
     return base
 
 
-def load_base_model(path: str, *, dtype: str = "auto", attn_implementation: str | None = None,
-                    quantization: str | None = None, trust_remote_code: bool = False,
+def load_base_model(path: str, *, dtype: DTypeName = "auto", attn_implementation: str | None = None,
+                    quantization: Quantization | None = None, trust_remote_code: bool = False,
                     local_files_only: bool = False) -> nn.Module:
     """``Qwen2_5_VLForConditionalGeneration.from_pretrained`` with our knobs, in train mode."""
     from transformers import Qwen2_5_VLForConditionalGeneration
