@@ -6,13 +6,17 @@ each piece can be read and tested alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, get_args
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -120,13 +124,31 @@ def vision_tower(model: nn.Module) -> nn.Module:
     raise ValueError(f"{type(model).__name__} has no 'visual' submodule: not a Qwen2.5-VL model?")
 
 
-def apply_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str],
-               freeze_vision: bool) -> nn.Module:
-    """Wrap ``model`` in a peft LoRA model; with ``freeze_vision`` no adapter lands in the vision tower."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(config: LoraConfig | None, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str],
+                freeze_vision: bool) -> LoraConfig | None:
+    """The adapter to train: ``config`` as given, or one built from the short fields when ``r > 0``; None for a
+    full fine-tune. With ``freeze_vision`` the vision tower is excluded, so no adapter lands in it."""
+    if config is not None and r > 0:
+        raise ValueError(f"set either lora (a peft.LoraConfig) or lora_r > 0, not both (lora_r={r})")
+    if config is None and r == 0:
+        return None
+    if config is None:
+        from peft import LoraConfig
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        exclude_modules=VISION_MODULE_PATTERN if freeze_vision else None, bias="none")
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                            bias="none")
+    if not freeze_vision:
+        return config
+    if config.exclude_modules:
+        raise ValueError(f"lora.exclude_modules is set ({config.exclude_modules!r}) and freeze_vision=True: set "
+                         f"freeze_vision=False and exclude the vision tower yourself (regex {VISION_MODULE_PATTERN!r})")
+    return dataclasses.replace(config, exclude_modules=VISION_MODULE_PATTERN)
+
+
+def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Wrap ``model`` in a trainable peft LoRA model."""
+    from peft import get_peft_model
+
     with _quiet_peft():
         return get_peft_model(model, config)
 
