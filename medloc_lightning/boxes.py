@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,7 +22,6 @@ __all__ = [
     "QWEN_MIN_PIXELS",
     "box_area",
     "box_iou",
-    "box_iou_numpy",
     "box_is_valid",
     "clip_box",
     "smart_resize",
@@ -71,9 +69,7 @@ def box_iou(pred: Tensor, target: Tensor) -> Tensor:
 
     A predicted box that is non-finite, inverted or of zero area gives 0, and so does such a target (no
     exception: a reward must not crash on a bad row). Integer inputs are promoted to the default float
-    dtype; float inputs keep their (promoted) dtype. CPU float32/64 inputs without autograd are computed
-    with NumPy, whose per-call overhead is a fraction of torch's on small tensors (this runs on every
-    reward and metric update); the formula is the same code for both backends.
+    dtype; float inputs keep their (promoted) dtype.
     """
     _check_last_dim(pred, "pred")
     _check_last_dim(target, "target")
@@ -82,48 +78,14 @@ def box_iou(pred: Tensor, target: Tensor) -> Tensor:
             torch.broadcast_shapes(pred.shape, target.shape)
         except RuntimeError as err:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast") from err
-    pred, target = _as_float(pred), _as_float(target)
-    dtype = torch.promote_types(pred.dtype, target.dtype)
-    if (
-        dtype in (torch.float32, torch.float64)
-        and pred.device.type == target.device.type == "cpu"
-        and not (pred.requires_grad or target.requires_grad)
-    ):
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            out = _iou(pred.to(dtype).numpy(), target.to(dtype).numpy(), _NUMPY)
-        return torch.from_numpy(np.asarray(out, dtype=out.dtype))
-    return _iou(pred, target, _TORCH)
-
-
-def _iou(p: Any, t: Any, ops: tuple) -> Any:
-    """IoU of broadcastable (..., 4) arrays of one library; ``ops`` = (maximum, minimum, relu, nan_to_zero).
-
-    The areas are not clamped: when either box is inverted its clamped overlap is 0, so the quotient is 0
-    (or -0.0) whatever sign the union takes; 0/0 and inf/inf become 0.
-    """
-    maximum, minimum, relu, nan_to_zero = ops
-    overlap = relu(minimum(p[..., 2:], t[..., 2:]) - maximum(p[..., :2], t[..., :2]))  # (w, h), x and y at once
+    p, t = _as_float(pred), _as_float(target)
+    overlap = (torch.minimum(p[..., 2:], t[..., 2:]) - torch.maximum(p[..., :2], t[..., :2])).clamp(min=0)  # (w, h)
     p_side, t_side = p[..., 2:] - p[..., :2], t[..., 2:] - t[..., :2]
     inter = overlap[..., 0] * overlap[..., 1]
     union = p_side[..., 0] * p_side[..., 1] + t_side[..., 0] * t_side[..., 1] - inter
-    return nan_to_zero(inter / union)
-
-
-def box_iou_numpy(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """`box_iou` on NumPy arrays (same formula, same conventions); callers silence divide warnings."""
-    return _iou(pred, target, _NUMPY)
-
-
-_TORCH = (torch.maximum, torch.minimum, lambda x: x.clamp(min=0), lambda x: torch.nan_to_num(x, nan=0.0))
-
-
-def _numpy_nan_to_zero(x: np.ndarray) -> np.ndarray:
-    """NaN -> 0. The IoU quotient is never ±inf (a positive overlap implies a positive union), so this equals
-    ``np.nan_to_num(x, nan=0.0)`` there, at a fraction of its cost on a small batch."""
-    return np.where(np.isnan(x), x.dtype.type(0), x)
-
-
-_NUMPY = (np.maximum, np.minimum, lambda x: np.maximum(x, 0), _numpy_nan_to_zero)
+    # The areas are not clamped: when either box is inverted its clamped overlap is 0, so the quotient is 0
+    # (or -0.0) whatever sign the union takes; 0/0 and inf/inf are NaN and become 0.
+    return torch.nan_to_num(inter / union, nan=0.0)
 
 
 def smart_resize(

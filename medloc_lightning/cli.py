@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
+from medloc_lightning.callbacks.progress import use_step_progress_bar
 from medloc_lightning.module import GroundingModule
 
 
@@ -74,8 +75,8 @@ class Trainer(pl.Trainer):
 
 
 class MedlocCLI(LightningCLI):
-    """LightningCLI plus a top-level ``curriculum`` key (the τ schedule's callback; ``null`` for none) and
-    the ``export`` subcommand."""
+    """LightningCLI plus a top-level ``curriculum`` key (the τ schedule's callback; ``null`` for none), the
+    ``export`` subcommand, and a progress bar over optimizer steps (`StepProgressBar`) by default."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -85,8 +86,11 @@ class MedlocCLI(LightningCLI):
         parser.add_lightning_class_args(ThresholdCurriculumCallback, "curriculum", subclass_mode=True, required=False)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        configured = list((config.get("trainer") or {}).get("callbacks") or [])  # before Lightning extends it
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [cb for cb in trainer.callbacks if cb is not None]
+        use_step_progress_bar(trainer, configured)
         return trainer
 
     def before_predict(self) -> None:

@@ -6,14 +6,18 @@ TRL run with the same batch optimise the same objective. No Lightning, no model:
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-__all__ = ["ADVANTAGE_SCALES", "LOSS_TYPES", "group_advantages", "grpo_loss", "zero_std_groups"]
+__all__ = ["ADVANTAGE_SCALES", "AdvantageScale", "LOSS_TYPES", "LossType", "group_advantages", "grpo_loss",
+           "zero_std_groups"]
 
-ADVANTAGE_SCALES = ("group", "batch", "none")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+AdvantageScale = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+ADVANTAGE_SCALES: tuple[str, ...] = get_args(AdvantageScale)
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 def _check_rewards(rewards: Tensor, min_group: int) -> Tensor:
@@ -40,7 +44,7 @@ def zero_std_groups(rewards: Tensor) -> Tensor:
     return rewards.amax(dim=1) == rewards.amin(dim=1)
 
 
-def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-4) -> Tensor:
+def group_advantages(rewards: Tensor, scale: AdvantageScale = "group", eps: float = 1e-4) -> Tensor:
     """Group-relative advantages [B, G] from rewards [B, G] (TRL's ``scale_rewards``).
 
     ``group``: (r - group mean) / (group std + eps); ``batch``: same group mean, std over the whole batch;
@@ -106,7 +110,7 @@ def grpo_loss(
     beta: float = 0.0,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
-    loss_type: str = "grpo",
+    loss_type: LossType = "grpo",
     max_completion_length: int | None = None,
     total_sequences: float | None = None,
     total_tokens: float | Tensor | None = None,

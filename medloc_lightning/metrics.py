@@ -10,20 +10,17 @@ import math
 from decimal import Decimal
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from medloc_lightning.boxes import box_iou, box_iou_numpy
+from medloc_lightning.boxes import box_iou
 
 __all__ = ["GroundingMetrics", "PSEUDO_MAP_THRESHOLDS"]
 
 PSEUDO_MAP_THRESHOLDS: tuple[float, ...] = tuple(float(Decimal("0.50") + Decimal("0.05") * k) for k in range(10))
 """0.50, 0.55, ..., 0.95: each the float nearest its decimal value (no accumulated range error)."""
 
-
-_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 def _key(threshold: float) -> str:
@@ -56,7 +53,6 @@ class GroundingMetrics(Metric):
         # Column 0 is threshold 0.0: IoUs are never NaN and never below 0, so it counts the rows seen.
         self.thresholds: tuple[float, ...] = (0.0, *sorted({*PSEUDO_MAP_THRESHOLDS, *self.reported} - {0.0}))
         self._threshold_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-        self._numpy_thresholds: dict[np.dtype, np.ndarray] = {}
         # sums = [rows, hits at each threshold > 0 ..., sum of IoU, rows without a box]
         self.add_state("sums", torch.zeros(len(self.thresholds) + 2, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -75,9 +71,6 @@ class GroundingMetrics(Metric):
             raise ValueError(
                 f"preds and target must both have shape [N, 4], got {tuple(preds.shape)} and {tuple(target.shape)}"
             )
-        if preds.device.type == target.device.type == "cpu" and preds.dtype == target.dtype in _NUMPY_DTYPES:
-            self._update_numpy(preds.detach().numpy(), target.detach().numpy())
-            return
         if not math.isfinite(target.sum()):
             raise ValueError("target boxes must be finite (a NaN/inf ground-truth box is a data error)")
         ious = box_iou(preds, target)
@@ -86,22 +79,6 @@ class GroundingMetrics(Metric):
         ious = ious.unsqueeze(1)  # [N, 1]
         per_row = torch.cat((ious >= self._threshold_tensor(ious), ious, preds.isnan().any(1, keepdim=True)), dim=1)
         self.sums.add_(per_row.sum(0))  # in place: no nn.Module.__setattr__ on the hot path
-
-    def _update_numpy(self, p: np.ndarray, t: np.ndarray) -> None:
-        """The same update for CPU float32/64 inputs, in NumPy: a fraction of torch's per-call overhead on
-        these tiny arrays (the box formula is `boxes`' own)."""
-        if not np.isfinite(t).all():
-            raise ValueError("target boxes must be finite (a NaN/inf ground-truth box is a data error)")
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ious = box_iou_numpy(p, t)
-        thresholds = self._numpy_thresholds.get(p.dtype)
-        if thresholds is None:
-            thresholds = self._numpy_thresholds[p.dtype] = np.asarray(self.thresholds, dtype=p.dtype)
-        sums = np.empty(len(thresholds) + 2)
-        sums[:-2] = (ious[:, None] >= thresholds).sum(0)
-        sums[-2] = ious.sum()
-        sums[-1] = np.isnan(p).any(1).sum()
-        self.sums.add_(torch.from_numpy(sums))
 
     def compute(self) -> dict[str, Tensor]:
         """The metrics as 0-dim float64 tensors (fractions in [0, 1])."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -19,13 +19,16 @@ from torch import Tensor
 from medloc_lightning import distributed
 from medloc_lightning.boxes import box_iou
 from medloc_lightning.counters import Counters
-from medloc_lightning.grpo import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, zero_std_groups
+from medloc_lightning.grpo import (
+    ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, zero_std_groups,
+)
 from medloc_lightning.lightning_utils import logs_this_step
 from medloc_lightning.metrics import GroundingMetrics
 from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding, gt_boxes
 from medloc_lightning.rewards import GroundingReward
 
-LR_SCHEDULES = ("constant", "cosine", "linear")
+LRSchedule = Literal["constant", "cosine", "linear"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 
 
 class GroundingModule(pl.LightningModule):
@@ -38,7 +41,7 @@ class GroundingModule(pl.LightningModule):
         weight_decay: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
-        lr_schedule: str = "constant",
+        lr_schedule: LRSchedule = "constant",
         max_grad_norm: float | None = 1.0,
         metric_thresholds: Sequence[float] = (0.3,),
     ) -> None:
@@ -232,8 +235,8 @@ class GRPOGroundingModule(GroundingModule):
         beta: float = 0.0,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
-        loss_type: str = "grpo",
-        scale_rewards: str = "group",
+        loss_type: LossType = "grpo",
+        scale_rewards: AdvantageScale = "group",
         num_iterations: int = 1,
         micro_batch_size: int = 16,
         seed: int = 0,

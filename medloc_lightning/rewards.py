@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -30,7 +30,8 @@ __all__ = [
     "threshold_reward",
 ]
 
-REWARD_KINDS = ("threshold", "iou", "gated_iou", "blend")
+RewardKind = Literal["threshold", "iou", "gated_iou", "blend"]
+REWARD_KINDS: tuple[str, ...] = get_args(RewardKind)
 
 
 def _as_ious(ious: Tensor | Sequence[float]) -> Tensor:
@@ -86,7 +87,7 @@ class GroundingReward:
     ``ious``. The format part is computed whenever ``texts`` is given (for logging) and is zeros otherwise.
     """
 
-    kind: str = "threshold"
+    kind: RewardKind = "threshold"
     accuracy_weight: float = 1.0
     format_weight: float = 0.0
     blend_alpha: float = 0.5

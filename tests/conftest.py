@@ -9,7 +9,15 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests call the CLI with ``args=``; pytest's own options left in sys.argv would make LightningCLI warn."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
 
 
 @pytest.fixture(scope="session")

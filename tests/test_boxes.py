@@ -108,19 +108,6 @@ def test_iou_never_nan_on_any_input(a: list[float], b: list[float]) -> None:
             assert got.item() == 0.0
 
 
-@settings(deadline=None)
-@given(st.lists(st.tuples(any_boxes, any_boxes), min_size=1, max_size=8))
-def test_numpy_fast_path_equals_the_torch_path(pairs: list[tuple[list[float], list[float]]]) -> None:
-    # CPU float tensors without grad take the NumPy path; requires_grad forces the torch one
-    for dtype in (torch.float32, torch.float64):
-        preds = torch.tensor([p for p, _ in pairs], dtype=dtype)
-        targets = torch.tensor([t for _, t in pairs], dtype=dtype)
-        fast = box_iou(preds, targets)
-        slow = box_iou(preds.clone().requires_grad_(True), targets).detach()
-        assert fast.dtype == slow.dtype == dtype
-        torch.testing.assert_close(fast, slow, rtol=0, atol=0, equal_nan=False)
-
-
 @settings(deadline=None, max_examples=30)
 @given(st.lists(st.tuples(valid_boxes(), valid_boxes()), min_size=1, max_size=20))
 def test_iou_is_elementwise_over_batches(pairs: list[tuple[list[float], list[float]]]) -> None:

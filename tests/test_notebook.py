@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -94,11 +95,14 @@ def test_notebook_shows_every_plot_and_picture(executed) -> None:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is None or len(colours) > 2, f"{name} is blank"
     for name in ("data", *(f"predictions:{m}" for m in SCHEDULES)):  # ground truth drawn on every tile
-        pixels = _png(shown[name]).convert("RGB").getdata()
-        assert sum(1 for p in pixels if p == (0, 200, 0)) > 50, f"{name} has no green GT box"
+        assert _count(shown[name], (0, 200, 0)) > 50, f"{name} has no green GT box"
     for m in SCHEDULES:
-        pixels = _png(shown[f"predictions:{m}"]).convert("RGB").getdata()
-        assert sum(1 for p in pixels if p == (230, 0, 0)) > 50, f"predictions:{m} has no red predicted box"
+        assert _count(shown[f"predictions:{m}"], (230, 0, 0)) > 50, f"predictions:{m} has no red predicted box"
+
+
+def _count(output: dict, colour: tuple[int, int, int]) -> int:
+    """Pixels of exactly ``colour`` in a displayed PNG."""
+    return int((np.asarray(_png(output).convert("RGB")) == colour).all(-1).sum())
 
 
 def test_notebook_tabulates_both_schedules_with_the_requested_budget(executed) -> None:

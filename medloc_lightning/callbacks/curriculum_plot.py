@@ -1,4 +1,5 @@
-"""`CurriculumPlotCallback`: a PNG of τ, r̄, σ and m̄ over the optimizer steps, raise events marked.
+"""`CurriculumPlotCallback`: a PNG of τ, r̄, σ and m̄ over the optimizer steps, with P_τ, S_τ and Δ drawn on
+their panels and the raises marked.
 
 Written at the end of training to ``<log_dir>/curriculum.png`` (the logger's version folder, next to the
 TensorBoard events), and its path printed. It reads the schedule of the run's `ThresholdCurriculumCallback`.
@@ -17,6 +18,11 @@ from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.plotting import plot_curves
 
 SERIES = ("tau", "hit_rate", "reward_std", "iou_margin")
+THRESHOLDS = {  # series -> (the check it enters, the schedule's stat that bounds it, legend label)
+    "hit_rate": ("accuracy", "min_hit_rate", r"$P_\tau$: needs $\bar{r} \geq P_\tau$"),
+    "reward_std": ("stability", "max_reward_std", r"$S_\tau$: needs $\sigma \leq S_\tau$"),
+    "iou_margin": ("margin", "min_margin", r"$\Delta$: needs $\bar{m} \geq \Delta$"),
+}
 
 
 class CurriculumPlotCallback(pl.Callback):
@@ -46,8 +52,9 @@ class CurriculumPlotCallback(pl.Callback):
             self.events.append(step)
             self._raises = curriculum.schedule.num_raises
         self.history["step"].append(step)
-        for key in SERIES:
-            self.history[key].append(stats[key])
+        for key in (*SERIES, *(stat for _, stat, _ in THRESHOLDS.values())):
+            if key in stats:  # baselines have no thresholds
+                self.history.setdefault(key, []).append(stats[key])
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -63,11 +70,19 @@ class CurriculumPlotCallback(pl.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename
         schedule = curriculum.schedule
-        hlines = {"iou_margin": schedule.min_margin} if hasattr(schedule, "min_margin") else None
-        title = f"{type(schedule).__name__}: tau {self.history['tau'][0]:.2f} -> {schedule.tau:.2f}, " \
-                f"{schedule.num_raises} raise(s) (dashed)"
-        plot_curves({k: self.history[k] for k in SERIES}, x=self.history["step"], path=self.path, title=title,
-                    events=self.events, hlines=hlines)
+        steps = self.history["step"]
+        checks = getattr(schedule, "checks", ())
+        thresholds: dict[str, tuple[str, float | list[float]]] = {}
+        for name, (check, stat, label) in THRESHOLDS.items():
+            values = self.history.get(stat, [])
+            if check in checks and len(values) == len(steps):
+                thresholds[name] = (label, values[0] if len(set(values)) == 1 else values)  # Δ is a constant
+        if hasattr(schedule, "tau_target"):
+            thresholds["tau"] = (r"$\tau$ target", schedule.tau_target)
+        title = (f"{type(schedule).__name__}: " + r"$\tau$" + f" {self.history['tau'][0]:.2f} → {schedule.tau:.2f}, "
+                 f"{schedule.num_raises} raise(s)")
+        plot_curves({k: self.history[k] for k in SERIES}, x=steps, path=self.path, title=title,
+                    events=self.events, thresholds=thresholds)
         clean = {k: [None if isinstance(v, float) and math.isnan(v) else v for v in vs]
                  for k, vs in self.history.items()}
         self.path.with_suffix(".json").write_text(json.dumps({**clean, "events": self.events}))

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
 from medloc_lightning.curriculum.steps import PiecewiseStep, StepSchedule
 
-CHECKS = ("accuracy", "stability", "margin")
+Check = Literal["accuracy", "stability", "margin"]
+CHECKS: tuple[str, ...] = get_args(Check)
 
 
 def _check_tau(name: str, value: float) -> float:
@@ -183,7 +184,7 @@ class ThresholdCurriculum(ThresholdSchedule):
         max_reward_std: float | Sequence[float] = (0.10, 0.20),
         min_margin: float = 0.10,
         refresh: float = 0.5,
-        checks: Sequence[str] = CHECKS,
+        checks: Sequence[Check] = CHECKS,
     ) -> None:
         tau_start = _check_tau("tau_start", tau_start)
         self.tau_target = _check_tau("tau_target", tau_target)

@@ -42,8 +42,8 @@ class PiecewiseStep(StepSchedule):
 
 
 @dataclass(frozen=True)
-class LinearStep(StepSchedule):
-    """δ = max(min_step, delta0·(1 − p)): big early steps, small late ones, one parameter to tune."""
+class DecayingStep(StepSchedule):
+    """Base of the schedules that decay δ from ``delta0`` (at p = 0) to ``min_step`` (at p = 1)."""
 
     delta0: float = 0.15
     min_step: float = 0.05
@@ -53,23 +53,19 @@ class LinearStep(StepSchedule):
         _positive("min_step", self.min_step)
         if self.min_step > self.delta0:
             raise ValueError(f"min_step ({self.min_step}) must not exceed delta0 ({self.delta0})")
+
+
+@dataclass(frozen=True)
+class LinearStep(DecayingStep):
+    """δ = max(min_step, delta0·(1 − p)): big early steps, small late ones, one parameter to tune."""
 
     def __call__(self, num_raises: int, progress: float) -> float:
         return max(self.min_step, self.delta0 * (1.0 - progress))
 
 
 @dataclass(frozen=True)
-class CosineStep(StepSchedule):
+class CosineStep(DecayingStep):
     """δ = min_step + (delta0 − min_step)·(1 + cos πp)/2."""
-
-    delta0: float = 0.15
-    min_step: float = 0.05
-
-    def __post_init__(self) -> None:
-        _positive("delta0", self.delta0)
-        _positive("min_step", self.min_step)
-        if self.min_step > self.delta0:
-            raise ValueError(f"min_step ({self.min_step}) must not exceed delta0 ({self.delta0})")
 
     def __call__(self, num_raises: int, progress: float) -> float:
         return self.min_step + (self.delta0 - self.min_step) * (1.0 + math.cos(math.pi * progress)) / 2.0

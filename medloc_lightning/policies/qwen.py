@@ -17,7 +17,7 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,11 +34,14 @@ from medloc_lightning.policies.qwen_batch import (
 )
 from medloc_lightning.policies.qwen_loading import (
     QUANTIZATION_MODES,
+    DTypeName,
+    Quantization,
     adapter_base,
     apply_lora,
     enable_gradient_checkpointing,
     load_adapter,
     load_base_model,
+    lora_config,
     resolve_model_name,
     resolve_dtype,
     train_mode_without_dropout,
@@ -47,6 +50,9 @@ from medloc_lightning.policies.qwen_loading import (
 )
 from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
 from medloc_lightning.policies.qwen_prompts import EncodedPrompts, encode_prompts, prompt_text
+
+if TYPE_CHECKING:  # jsonargparse resolves it for the CLI; importing peft here would load bitsandbytes
+    from peft import LoraConfig
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -69,7 +75,9 @@ class QwenVLPolicy(GroundingPolicy):
     ``model_name_or_path="medloc:tiny-qwen2.5-vl"`` builds and uses the tiny offline test model.
 
     Weights load lazily in `configure` (idempotent), so Lightning's ``configure_model`` can run it under a
-    sharding strategy; the processor loads at construction. ``lora_r=0`` is full fine-tuning.
+    sharding strategy; the processor loads at construction. ``lora`` takes any ``peft.LoraConfig`` (DoRA,
+    rsLoRA, ``modules_to_save``, ...); ``lora_r > 0`` with ``lora_alpha``, ``lora_dropout`` and
+    ``lora_target_modules`` is the short form of a plain one. With neither, the whole model is fine-tuned.
     """
 
     frozen_weights_reloadable = True  # frozen weights (base model under LoRA, vision tower) come from the checkpoint
@@ -83,14 +91,15 @@ class QwenVLPolicy(GroundingPolicy):
         max_new_tokens: int = 256,
         top_p: float = 1.0,
         top_k: int | None = None,
-        dtype: str = "auto",
+        dtype: DTypeName = "auto",
         attn_implementation: str | None = None,
+        lora: LoraConfig | None = None,
         lora_r: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
         freeze_vision: bool = True,
-        quantization: str | None = None,
+        quantization: Quantization | None = None,
         gradient_checkpointing: bool = False,
         logprob_batch_size: int = 16,
         answer_label: str = "lesion",
@@ -100,9 +109,12 @@ class QwenVLPolicy(GroundingPolicy):
         super().__init__()
         model_name_or_path = resolve_model_name(model_name_or_path)
         _check_args(max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k, lora_r=lora_r,
-                    lora_dropout=lora_dropout, quantization=quantization, logprob_batch_size=logprob_batch_size,
-                    prompt_template=prompt_template, is_adapter=adapter_base(model_name_or_path) is not None)
+                    lora_dropout=lora_dropout, logprob_batch_size=logprob_batch_size, prompt_template=prompt_template)
         resolve_dtype(dtype)
+        self.lora_config = lora_config(lora, r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
+                                       target_modules=lora_target_modules, freeze_vision=freeze_vision)
+        _check_quantization(quantization, trains_adapter=self.lora_config is not None
+                            or adapter_base(model_name_or_path) is not None)
         self.model_name_or_path = model_name_or_path
         self.prompt_template = prompt_template
         self.max_new_tokens = max_new_tokens
@@ -110,10 +122,6 @@ class QwenVLPolicy(GroundingPolicy):
         self.top_k = top_k
         self.dtype_name = dtype
         self.attn_implementation = attn_implementation
-        self.lora_r = lora_r
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_target_modules = list(lora_target_modules)
         self.freeze_vision = freeze_vision
         self.quantization = quantization
         self.gradient_checkpointing = gradient_checkpointing
@@ -133,7 +141,7 @@ class QwenVLPolicy(GroundingPolicy):
     @property
     def uses_adapter(self) -> bool:
         """True when training a peft adapter (new LoRA or a loaded adapter folder)."""
-        return self.lora_r > 0 or adapter_base(self.model_name_or_path) is not None
+        return self.lora_config is not None or adapter_base(self.model_name_or_path) is not None
 
     @property
     def wrap_classes(self) -> tuple[type[nn.Module], ...]:
@@ -154,9 +162,8 @@ class QwenVLPolicy(GroundingPolicy):
             enable_gradient_checkpointing(model, with_adapter=self.uses_adapter)
         if base_path is not None:
             model = load_adapter(model, self.model_name_or_path, local_files_only=self.local_files_only)
-        elif self.lora_r > 0:
-            model = apply_lora(model, r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                               target_modules=self.lora_target_modules, freeze_vision=self.freeze_vision)
+        elif self.lora_config is not None:
+            model = apply_lora(model, self.lora_config)
         elif self.freeze_vision:
             vision_tower(model).requires_grad_(False)
         model.train()
@@ -426,7 +433,7 @@ def _accepts_encoder_outputs(model_class: type) -> bool:
 
 
 def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r: int, lora_dropout: float,
-                quantization: str | None, logprob_batch_size: int, prompt_template: str, is_adapter: bool) -> None:
+                logprob_batch_size: int, prompt_template: str) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not 0 < top_p <= 1:
@@ -435,14 +442,17 @@ def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r:
         raise ValueError(f"top_k must be None or >= 0, got {top_k}")
     if lora_r < 0 or not 0 <= lora_dropout < 1:
         raise ValueError(f"need lora_r >= 0 and 0 <= lora_dropout < 1, got {lora_r}, {lora_dropout}")
-    if quantization is not None and quantization not in QUANTIZATION_MODES:
-        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
-    if quantization is not None and lora_r == 0 and not is_adapter:
-        raise ValueError("quantized weights cannot be fine-tuned directly: set lora_r > 0 (QLoRA)")
     if logprob_batch_size < 1:
         raise ValueError(f"logprob_batch_size must be >= 1, got {logprob_batch_size}")
     if "{query}" not in prompt_template:
         raise ValueError(f"prompt_template must contain a '{{query}}' placeholder, got {prompt_template!r}")
+
+
+def _check_quantization(quantization: str | None, *, trains_adapter: bool) -> None:
+    if quantization is not None and quantization not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+    if quantization is not None and not trains_adapter:
+        raise ValueError("quantized weights cannot be fine-tuned directly: set lora_r > 0 or lora (QLoRA)")
 
 
 def _load_processor_for(path: str, **kwargs: Any) -> Any:

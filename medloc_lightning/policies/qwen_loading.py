@@ -6,17 +6,24 @@ each piece can be read and tested alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, get_args
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-QUANTIZATION_MODES = ("4bit", "8bit")
+DTypeName = Literal["auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"]
+"""``"auto"`` keeps the checkpoint's dtype; the others name a torch dtype (short and long spellings)."""
+Quantization = Literal["4bit", "8bit"]
+QUANTIZATION_MODES: tuple[str, ...] = get_args(Quantization)
 VISION_MODULE_PATTERN = r".*\bvisual\b.*"
 """peft ``exclude_modules`` regex for the vision tower (module names like ``model.visual.blocks.0.mlp``)."""
 
@@ -50,7 +57,7 @@ def wrap_classes() -> tuple[type[nn.Module], ...]:
     return (Qwen2_5_VLDecoderLayer, Qwen2_5_VLVisionBlock)
 
 
-def resolve_dtype(dtype: str) -> torch.dtype | str:
+def resolve_dtype(dtype: DTypeName) -> torch.dtype | str:
     """``"auto"`` (the checkpoint's dtype) or a torch dtype from its name."""
     if dtype == "auto":
         return "auto"
@@ -60,7 +67,7 @@ def resolve_dtype(dtype: str) -> torch.dtype | str:
         raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}") from None
 
 
-def quantization_config(mode: str | None, compute_dtype: torch.dtype | str) -> Any:
+def quantization_config(mode: Quantization | None, compute_dtype: torch.dtype | str) -> Any:
     """A ``BitsAndBytesConfig`` for ``"4bit"`` (nf4, double quant) or ``"8bit"``; None when ``mode`` is None."""
     if mode is None:
         return None
@@ -97,8 +104,8 @@ def adapter_base(path: str) -> str | None:
     return base
 
 
-def load_base_model(path: str, *, dtype: str = "auto", attn_implementation: str | None = None,
-                    quantization: str | None = None, trust_remote_code: bool = False,
+def load_base_model(path: str, *, dtype: DTypeName = "auto", attn_implementation: str | None = None,
+                    quantization: Quantization | None = None, trust_remote_code: bool = False,
                     local_files_only: bool = False) -> nn.Module:
     """``Qwen2_5_VLForConditionalGeneration.from_pretrained`` with our knobs, in train mode."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -125,13 +132,31 @@ def vision_tower(model: nn.Module) -> nn.Module:
     raise ValueError(f"{type(model).__name__} has no 'visual' submodule: not a Qwen2.5-VL model?")
 
 
-def apply_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str],
-               freeze_vision: bool) -> nn.Module:
-    """Wrap ``model`` in a peft LoRA model; with ``freeze_vision`` no adapter lands in the vision tower."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(config: LoraConfig | None, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str],
+                freeze_vision: bool) -> LoraConfig | None:
+    """The adapter to train: ``config`` as given, or one built from the short fields when ``r > 0``; None for a
+    full fine-tune. With ``freeze_vision`` the vision tower is excluded, so no adapter lands in it."""
+    if config is not None and r > 0:
+        raise ValueError(f"set either lora (a peft.LoraConfig) or lora_r > 0, not both (lora_r={r})")
+    if config is None and r == 0:
+        return None
+    if config is None:
+        from peft import LoraConfig
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        exclude_modules=VISION_MODULE_PATTERN if freeze_vision else None, bias="none")
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                            bias="none")
+    if not freeze_vision:
+        return config
+    if config.exclude_modules:
+        raise ValueError(f"lora.exclude_modules is set ({config.exclude_modules!r}) and freeze_vision=True: set "
+                         f"freeze_vision=False and exclude the vision tower yourself (regex {VISION_MODULE_PATTERN!r})")
+    return dataclasses.replace(config, exclude_modules=VISION_MODULE_PATTERN)
+
+
+def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Wrap ``model`` in a trainable peft LoRA model."""
+    from peft import get_peft_model
+
     with _quiet_peft():
         return get_peft_model(model, config)
 

@@ -43,6 +43,8 @@ def test_curriculum_feeds_progress_at_the_current_tau_to_the_step():
         (lambda: LinearStep(0.0, 0.0), "delta0"),
         (lambda: LinearStep(0.1, 0.2), "min_step"),
         (lambda: CosineStep(0.1, -1.0), "min_step"),
+        (lambda: CosineStep(0.1, 0.2), "must not exceed delta0"),
+        (lambda: LinearStep(float("inf"), 0.05), "delta0"),
     ],
 )
 def test_invalid_steps(factory, name):

@@ -1,6 +1,8 @@
 """QwenVLPolicy on the tiny offline Qwen2.5-VL: prompts, sampling, log-probs, reference, SFT, export."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -288,6 +290,36 @@ def test_lora_trains_adapters_only_and_never_in_the_vision_tower(tiny_qwen_dir: 
     assert any("visual" in n for n, p in unfrozen.model.named_parameters() if p.requires_grad)
 
 
+def test_a_peft_lora_config_is_used_as_given(tiny_qwen_dir: str) -> None:
+    from peft import LoraConfig
+
+    config = LoraConfig(r=4, lora_alpha=8, use_dora=True, use_rslora=True, target_modules=["q_proj", "v_proj", "qkv"],
+                        modules_to_save=["lm_head"])
+    policy = make_policy(tiny_qwen_dir, lora=config)
+    used = policy.model.peft_config["default"]
+    assert used.use_dora and used.use_rslora and used.r == 4 and config.exclude_modules is None  # ours is a copy
+    trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert any("lora_magnitude_vector" in n for n in trainable)  # DoRA
+    assert any("modules_to_save" in n and "lm_head" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)  # freeze_vision still keeps adapters out of the tower
+    torch.manual_seed(0)
+    rollout = policy.sample(make_records(*SIZES[:1]), 2, 1.0)
+    (policy.logprobs(rollout) * rollout.mask).sum().backward()
+    grads = {n for n, p in policy.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("lora_magnitude_vector" in n for n in grads) and any("modules_to_save" in n for n in grads)
+
+
+def test_lora_config_conflicts_are_named(tiny_qwen_dir: str) -> None:
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError, match="either lora .* or lora_r > 0"):
+        QwenVLPolicy(tiny_qwen_dir, lora=LoraConfig(r=4), lora_r=8)
+    with pytest.raises(ValueError, match="exclude_modules is set .* freeze_vision=False"):
+        QwenVLPolicy(tiny_qwen_dir, lora=LoraConfig(r=4, exclude_modules=["lm_head"]))
+    QwenVLPolicy(tiny_qwen_dir, lora=LoraConfig(r=4, exclude_modules=["lm_head"]), freeze_vision=False)
+    QwenVLPolicy(tiny_qwen_dir, lora=LoraConfig(r=4), quantization="4bit")  # QLoRA through the config
+
+
 def test_gradient_checkpointing_gives_the_same_logprobs_and_grads(tiny_qwen_dir: str) -> None:
     plain = make_policy(tiny_qwen_dir, lora_r=4, lora_dropout=0.0)
     ckpt = make_policy(tiny_qwen_dir, lora_r=4, lora_dropout=0.0, gradient_checkpointing=True)
@@ -476,3 +508,11 @@ def test_constructor_is_cli_friendly() -> None:
                              "--policy.quantization", "4bit", "--policy.top_k", "5"])
     assert cfg.policy.lora_target_modules == ["q_proj"] and cfg.policy.quantization == "4bit"
     assert cfg.policy.top_k == 5 and cfg.policy.max_pixels == 12845056
+    cfg = parser.parse_args(["--policy.model_name_or_path", "x",
+                             "--policy.lora", '{"r": 8, "use_dora": true, "modules_to_save": ["lm_head"]}'])
+    assert cfg.policy.lora.class_path == "peft.LoraConfig" and cfg.policy.lora.init_args.use_dora
+    for bad, expected in (("--policy.quantization=3bit", "4bit"), ("--policy.dtype=fp8", "bfloat16"),
+                          ("--policy.lora={\"r\": 8, \"use_dorra\": true}", "use_dorra")):
+        with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+            parser.parse_args(["--policy.model_name_or_path", "x", bad])
+        assert expected in err.getvalue()
