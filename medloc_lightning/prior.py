@@ -7,7 +7,7 @@ boxes it loosely on a harder target set (smaller, fainter structures). Both the 
 curriculum lab's BoxPolicy use `warm_start`; `build_qwen_grounding_prior` is the recipe of the shipped
 ``medloc:tiny-qwen2.5-vl-grounding`` checkpoint::
 
-    python -m medloc_lightning.prior --out medloc_lightning/checkpoints/tiny-qwen2.5-vl-grounding
+    python -m medloc_lightning.prior --out medloc_lightning/pretrained/tiny-qwen2.5-vl-grounding
 
 `grounding_report` is the yardstick: greedy Acc@τ, mIoU and parse rate, the correlation of predicted and
 true box centres, and the same metrics for the image-blind baseline that always answers the median
@@ -145,7 +145,7 @@ def build_qwen_grounding_prior(
     dims: dict[str, int] | None = None,
     size: int = 84,
     source_preset: str = "easy",
-    target_presets: Sequence[str] = ("single", "lab", "default"),
+    target_presets: Sequence[str] = ("small", "lab", "single"),
     n_source: int = 40000,
     n_target: int = 2000,
     synth_seed: int = 0,
@@ -153,9 +153,9 @@ def build_qwen_grounding_prior(
     batch_size: int = 16,
     learning_rate: float = 1e-3,
     warmup_steps: int = 200,
-    max_steps: int = 30000,
-    max_minutes: float | None = 150.0,
-    val_every: int = 1500,
+    max_steps: int = 16000,
+    max_minutes: float | None = None,
+    val_every: int = 1000,
     val_records: int = 200,
     max_new_tokens: int = 40,
     seed: int = 0,
@@ -218,15 +218,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work-dir", default="runs/grounding_prior", help="data, checkpoints and logs")
     parser.add_argument("--size", type=int, default=84, help="image side in pixels (a multiple of 28)")
     parser.add_argument("--source-preset", default="easy")
-    parser.add_argument("--target-presets", nargs="+", default=["single", "lab", "default"])
+    parser.add_argument("--target-presets", nargs="+", default=["small", "lab", "single"])
     parser.add_argument("--n-source", type=int, default=40000)
     parser.add_argument("--n-target", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=200)
-    parser.add_argument("--max-steps", type=int, default=30000, help="SFT steps (the cosine schedule's length)")
-    parser.add_argument("--max-minutes", type=float, default=150.0, help="wall-clock cap of the SFT")
-    parser.add_argument("--val-every", type=int, default=1500)
+    parser.add_argument("--max-steps", type=int, default=16000, help="SFT steps (the cosine schedule's length)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-clock cap of the SFT (the result then depends on the machine's speed)")
+    parser.add_argument("--val-every", type=int, default=1000)
     parser.add_argument("--val-records", type=int, default=200, help="source validation records used")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--train-seed", type=int, default=0)

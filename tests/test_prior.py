@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from medloc_lightning.boxes import box_iou
-from medloc_lightning.checkpoints import shipped_path
+from medloc_lightning.pretrained import shipped_path
 from medloc_lightning.data.synth import PRESETS, make_record
 from medloc_lightning.parsing import has_valid_format
 from medloc_lightning.policies.base import gt_boxes

@@ -32,9 +32,9 @@ def resolve_model_name(name: str) -> str:
     """A ``medloc:`` name -> the folder it stands for; any other name (hub id, local folder) unchanged.
 
     ``medloc:tiny-qwen2.5-vl`` is a random-weight tiny model built offline (cached per process); the names in
-    `medloc_lightning.checkpoints.SHIPPED` are folders shipped with the package.
+    `medloc_lightning.pretrained.SHIPPED` are folders shipped with the package.
     """
-    from medloc_lightning.checkpoints import SHIPPED, shipped_path
+    from medloc_lightning.pretrained import SHIPPED, shipped_path
     from medloc_lightning.policies.qwen_tiny import TINY_QWEN_NAME, tiny_qwen_path
 
     if not name.startswith("medloc:"):
