@@ -468,6 +468,20 @@ class GRPOGroundingModule(GroundingModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.counts.load_state_dict(checkpoint.get("medloc_counts", {}))
+        self._warn_if_curriculum_dropped(checkpoint)
+
+    def _warn_if_curriculum_dropped(self, checkpoint: dict[str, Any]) -> None:
+        """Training resumed without the curriculum callback that saved τ would silently train at this module's
+        own ``iou_threshold``: say so."""
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        present = {getattr(cb, "state_key", None) for cb in self.trainer.callbacks}
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if key.startswith("ThresholdCurriculumCallback") and key not in present:
+                saved_tau = state.get("schedule", {}).get("tau") if isinstance(state, dict) else None
+                rank_zero_warn(f"the checkpoint carries curriculum state (tau = {saved_tau}) but no matching "
+                               f"ThresholdCurriculumCallback is configured: training continues at iou_threshold = "
+                               f"{self.iou_threshold}. Configure the curriculum it was trained with to resume it.")
 
 
 def _weighted_mean(items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:

@@ -199,3 +199,25 @@ def test_too_many_nan_steps_in_a_row_stop_training_naming_the_step():
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, record_loader(square_records(12), 2))
+
+
+def test_resuming_without_the_curriculum_that_saved_tau_warns(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(steps, callbacks, ckpt_path=None):
+        module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, iou_threshold=0.5)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
+        trainer.fit(module, record_loader(square_records(8), 2), ckpt_path=ckpt_path, weights_only=True)
+        return module
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=2, save_top_k=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(2, [ThresholdCurriculumCallback(FixedThreshold(0.3, window=2)), saver])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = run(4, [], ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")  # e.g. `--curriculum null`
+    assert module.iou_threshold == 0.5
+    assert any("carries curriculum state (tau = 0.3) but no matching ThresholdCurriculumCallback is configured: "
+               "training continues at iou_threshold = 0.5" in str(w.message) for w in caught)
