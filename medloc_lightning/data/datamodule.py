@@ -115,16 +115,33 @@ class GroundingDataset(torch.utils.data.Dataset):
 
 
 class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` whose next iteration can start part-way through the epoch's order.
+    """A ``DistributedSampler`` whose next iteration can be any epoch's order, from part-way through it.
 
-    Lightning resumes a mid-epoch checkpoint at the right batch index but restarts a plain loader from
-    its first batch; setting ``skip`` (in indices) makes the resumed epoch see exactly the batches the
-    interrupted one had not reached yet. It applies to one iteration only.
+    Lightning resumes a mid-epoch checkpoint at the right batch index but restarts a plain loader from its
+    first batch, and the epoch number it passes to ``set_epoch`` on resume depends on where the checkpoint
+    was written (a run stopped by ``max_steps`` saves after its epoch-end hook and resumes one epoch ahead).
+    ``resume(epoch, skip)`` makes the next iteration the order of ``epoch`` without its first ``skip``
+    indices, and later epochs count on from ``epoch`` whatever number ``set_epoch`` receives.
     """
 
-    skip: int = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+        self.offset = 0
+        """Added to every ``set_epoch`` value: the gap between Lightning's epoch count and this sampler's."""
+        self._resume_epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch + self.offset)
+
+    def resume(self, epoch: int, skip: int = 0) -> None:
+        """Make the next iteration ``epoch``'s order from index ``skip`` on."""
+        self._resume_epoch, self.skip = int(epoch), int(skip)
 
     def __iter__(self):  # type: ignore[override]
+        if self._resume_epoch is not None:
+            self.offset += self._resume_epoch - self.epoch
+            self.epoch, self._resume_epoch = self._resume_epoch, None
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
@@ -189,6 +206,7 @@ class GroundingDataModule(pl.LightningDataModule):
         self.problems: dict[str, list[Problem]] = {}
         self.skipped: dict[str, int] = {}
         self._resume: dict[str, int] | None = None
+        self._sampler: ResumableSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Load and validate the files the stage needs (all given files when ``stage`` is None); idempotent."""
@@ -222,20 +240,31 @@ class GroundingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         kwargs = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         sampler = self.train_sampler(kwargs.get("num_replicas", 1), kwargs.get("rank", 0))
+        if self._sampler is not None:
+            sampler.offset = self._sampler.offset  # a reloaded loader keeps counting epochs where the last one was
         if self._resume is not None:
-            done = self._resume["batches"]
-            if 0 < done < math.ceil(len(sampler) / self.batch_size):  # at an epoch's end nothing is skipped
-                sampler.skip = done * self.batch_size
+            done, epoch = self._resume.get("batches", 0), self._resume.get("sampler_epoch")
+            per_epoch = math.ceil(len(sampler) / self.batch_size)
+            skip = done * self.batch_size if 0 < done < per_epoch else 0  # at an epoch's end nothing is skipped
+            if epoch is not None:
+                sampler.resume(epoch + 1 if done >= per_epoch else epoch, skip)
+            else:  # a checkpoint that predates the saved sampler epoch
+                sampler.skip = skip
             self._resume = None
+        self._sampler = sampler
         return self._loader(self._dataset("train"), self.batch_size, sampler)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the training epoch stands, so a mid-epoch checkpoint resumes on the next unseen batch."""
+        """Where the training epoch stands (the sampler's epoch and the batches done in it), so a checkpoint
+        resumes on the next unseen batch of the right epoch's order."""
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        state = {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        if self._sampler is not None:
+            state["sampler_epoch"] = int(self._sampler.epoch)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict) if state_dict else None
