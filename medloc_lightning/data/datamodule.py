@@ -9,8 +9,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from typing import Any, Sequence
 
@@ -48,32 +46,13 @@ def _features() -> Any:
 
 
 def records_to_hf(records: Sequence[Record]) -> Any:
-    """Checked records -> in-memory ``datasets.Dataset`` via ``load_dataset("json")``.
-
-    The records are re-written in normalized form (floats, resolved paths, source line) to a private
-    temporary folder that also serves as the HF cache and is deleted afterwards: nothing is written to
-    the user's HF cache, nothing is fetched (works offline), and no file stays open (fork-safe).
-    """
+    """Checked records -> in-memory ``datasets.Dataset`` with fixed features (normalized floats, resolved image
+    paths, source line). Built in memory with ``Dataset.from_list``: nothing is written, nothing is fetched,
+    and no file stays open (fork-safe)."""
     import datasets
 
-    features = _features()
-    if not records:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    tmp = tempfile.mkdtemp(prefix="medloc-data-")
-    progress_was_on = not datasets.utils.are_progress_bars_disabled()
-    try:
-        path = os.path.join(tmp, "records.jsonl")
-        with open(path, "w", encoding="utf-8") as f:
-            for r in records:
-                row = {**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line}  # all columns
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        datasets.disable_progress_bars()
-        return datasets.load_dataset("json", data_files=path, split="train", features=features,
-                                     cache_dir=os.path.join(tmp, "cache"), keep_in_memory=True)
-    finally:
-        if progress_was_on:
-            datasets.enable_progress_bars()
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = [{**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line} for r in records]
+    return datasets.Dataset.from_list(rows, features=_features())
 
 
 class GroundingDataset(torch.utils.data.Dataset):
@@ -154,13 +133,15 @@ def collate_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_record_file(file: str, image_root: str | None = None, check_images: bool = True, skip_invalid: bool = False,
                      max_records: int | None = None, name: str = "records", cache_images: bool = False,
-                     require_bbox: bool = True) -> tuple[GroundingDataset, list[Problem]]:
-    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping.
-    ``require_bbox=False``: records to predict on, whose ``bbox`` may be missing (then None in the batch)."""
+                     require_bbox: bool = True,
+                     allow_outside_root: bool = False) -> tuple[GroundingDataset, list[Problem]]:
+    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping, and
+    always when no valid record is left. ``require_bbox=False``: records to predict on, whose ``bbox`` may be
+    missing (then None in the batch). ``allow_outside_root``: see `read_records`."""
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{name}: record file not found: {file}")
     records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records,
-                                     require_bbox=require_bbox)
+                                     require_bbox=require_bbox, allow_outside_root=allow_outside_root)
     if problems:
         n_bad = count_bad_records(problems)
         summary = (f"{name} {file}: {n_bad} of {n_bad + len(records)} records are invalid "
@@ -168,6 +149,8 @@ def load_record_file(file: str, image_root: str | None = None, check_images: boo
         if not skip_invalid:
             command = f"medloc-data validate{'' if require_bbox else ' --unlabelled'} {file}"
             raise ValueError(f"{summary}\nFix them (`{command}` lists all) or pass skip_invalid=True.")
+        if not records:
+            raise ValueError(f"{name} {file}: no valid record ({n_bad} invalid skipped):\n{format_problems(problems)}")
         warnings.warn(f"skipping invalid records: {summary}", UserWarning, stacklevel=2)
         log.warning("skipped %d invalid records of %s", n_bad, file)
     return GroundingDataset(records_to_hf(records), file, cache_images), problems
@@ -179,7 +162,9 @@ class GroundingDataModule(pl.LightningDataModule):
     Training order is a permutation drawn from ``seed + epoch`` and split across ranks like a
     ``DistributedSampler`` (the sampler is one, so Lightning keeps it): the same seed gives the same
     global order on any number of ranks, with disjoint shards. Invalid records raise at ``setup`` unless
-    ``skip_invalid=True``, which skips them with a warning and counts them in ``skipped``/``problems``.
+    ``skip_invalid=True``, which skips them with a warning and counts them in ``skipped``/``problems``; a file
+    left without any valid record always raises. Image paths must resolve inside the dataset root
+    (``image_root``, or each file's folder) unless ``allow_outside_root=True``.
     ``cache_images=True`` keeps decoded images in memory after their first use (small sets such as the
     synthetic data; one cache per worker process when ``num_workers > 0``).
     """
@@ -188,7 +173,7 @@ class GroundingDataModule(pl.LightningDataModule):
                  predict_file: str | None = None, image_root: str | None = None, batch_size: int = 2,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
                  skip_invalid: bool = False, check_images: bool = True, max_records: int | None = None,
-                 cache_images: bool = False) -> None:
+                 cache_images: bool = False, allow_outside_root: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
@@ -202,6 +187,7 @@ class GroundingDataModule(pl.LightningDataModule):
         self.check_images = check_images
         self.max_records = max_records
         self.cache_images = cache_images
+        self.allow_outside_root = allow_outside_root
         self.datasets: dict[str, GroundingDataset] = {}
         self.problems: dict[str, list[Problem]] = {}
         self.skipped: dict[str, int] = {}
@@ -216,7 +202,8 @@ class GroundingDataModule(pl.LightningDataModule):
                 continue
             dataset, problems = load_record_file(file, self.image_root, self.check_images, self.skip_invalid,
                                                  self.max_records, name=f"{split}_file",
-                                                 cache_images=self.cache_images, require_bbox=split != "predict")
+                                                 cache_images=self.cache_images, require_bbox=split != "predict",
+                                                 allow_outside_root=self.allow_outside_root)
             self.datasets[split] = dataset
             self.problems[split] = problems
             self.skipped[split] = count_bad_records(problems)

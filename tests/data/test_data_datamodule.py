@@ -179,9 +179,12 @@ def test_max_records_and_empty_files(data):
     dm.setup()
     assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [4, 4, 3]
     write_jsonl(data / "empty.jsonl", [])
-    empty = GroundingDataModule(predict_file=str(data / "empty.jsonl"))
-    empty.setup("predict")
-    assert len(empty.datasets["predict"]) == 0
+    for split in ("train", "predict"):  # an empty file is an error: `fit` would otherwise end with "no batches", exit 0
+        with pytest.raises(ValueError, match=r"empty.jsonl:0: file: holds no records"):
+            GroundingDataModule(**{f"{split}_file": str(data / "empty.jsonl")}).setup()
+    write_jsonl(data / "bad.jsonl", [{"id": "x"}])
+    with pytest.raises(ValueError, match=r"train_file .*bad.jsonl: no valid record \(1 invalid skipped\)"):
+        GroundingDataModule(train_file=str(data / "bad.jsonl"), skip_invalid=True).setup()
 
 
 def test_no_hf_cache_or_temp_files_are_left_behind(data, monkeypatch):
