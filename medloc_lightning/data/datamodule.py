@@ -5,7 +5,6 @@ lazily per item and checked again there, because setup may have run with ``check
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -271,7 +270,8 @@ class SyntheticDataModule(GroundingDataModule):
     """`GroundingDataModule` over synthetic data that it generates into ``root`` on first use.
 
     No download, no glue: the quickstart, the smoke config and the tests train on it. The data is
-    regenerated when the generation arguments differ from those recorded in ``root/synth.json``.
+    regenerated when the generation arguments differ from those recorded in ``root/synth.json``. A ``root``
+    that holds other files and no ``synth.json`` (someone's own data) is refused, never overwritten.
     """
 
     def __init__(self, root: str = "data/synthetic", n: int = 600, synth_seed: int = 0, modality: str = "mixed",
@@ -284,17 +284,16 @@ class SyntheticDataModule(GroundingDataModule):
         self.workers = int(workers)
 
     def prepare_data(self) -> None:
-        stamp = os.path.join(self.root, "synth.json")
-        if os.path.isfile(stamp) and all(os.path.isfile(f) for f in list(self.files.values())[:3]):
-            with open(stamp, encoding="utf-8") as fh:
-                if json.load(fh) == self.synth:
-                    return
-        from medloc_lightning.data.synth import SynthConfig, generate
+        from medloc_lightning.data.synth import SynthConfig, generate, read_stamp, stamp_args
 
         args = dict(self.synth)
-        counts = generate(self.root, config=SynthConfig.preset(args.pop("preset")), workers=self.workers, **args)
-        with open(stamp, "w", encoding="utf-8") as fh:
-            json.dump(self.synth, fh)
+        config = SynthConfig.preset(args.pop("preset"))
+        wanted = {"status": "complete", "args": stamp_args(config=config, **args)}
+        stamp = read_stamp(self.root)
+        if stamp is not None and all(stamp.get(k) == v for k, v in wanted.items()) and all(
+                os.path.isfile(f) for f in list(self.files.values())[:3]):
+            return
+        counts = generate(self.root, config=config, workers=self.workers, **args)  # refuses folders it did not make
         log.info("generated synthetic data in %s: %s", self.root, counts)
 
     def setup(self, stage: str | None = None) -> None:
