@@ -22,6 +22,7 @@ from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.checkpoint_io import AtomicCheckpointIO
 from medloc_lightning.checkpoints import load_checkpoint, verify_checkpoint
 from medloc_lightning.module import GroundingModule
+from medloc_lightning.user_errors import report_user_errors
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -152,11 +153,14 @@ class MedlocCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> None:
+    """The `medloc` command. A user error (a bad option value, a missing or invalid data file, a refused
+    checkpoint) ends with one ``medloc: error: ...`` line and exit status 2; ``MEDLOC_TRACEBACK=1`` shows
+    the traceback instead."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # GRPO steps inside training_step, so a checkpoint holds the post-step weights: that is what we want.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.13
-    MedlocCLI(
+    report_user_errors("medloc", lambda: MedlocCLI(
         GroundingModule,
         pl.LightningDataModule,
         trainer_class=Trainer,
@@ -166,7 +170,7 @@ def main(args: Sequence[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
-    )
+    ))
 
 
 if __name__ == "__main__":

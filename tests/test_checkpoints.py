@@ -87,26 +87,28 @@ def _run(*args):
 
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "export"])
-def test_medloc_refuses_a_malicious_checkpoint_served_over_http(command, server, tmp_path, monkeypatch):
+def test_medloc_refuses_a_malicious_checkpoint_served_over_http(command, server, tmp_path, monkeypatch, capsys):
     url, root = server
     marker = tmp_path / "marker"
     write_malicious(root / "evil.ckpt", marker)
     monkeypatch.chdir(tmp_path)
     extra = ["--out_dir", str(tmp_path / "exported")] if command == "export" else []
-    with pytest.raises(UnsafeCheckpointError) as refused:
+    with pytest.raises(SystemExit) as exit_info:
         _run(command, "--config", str(SMOKE), "--data.init_args.n", "20", "--ckpt_path", f"{url}/evil.ckpt", *extra)
     assert not marker.exists(), "code from the checkpoint ran"
-    assert f"refused to load checkpoint {url}/evil.ckpt" in str(refused.value)
-    assert "(GLOBAL exec)" in str(refused.value)  # what was refused
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"medloc: error: refused to load checkpoint {url}/evil.ckpt" in err
+    assert "(GLOBAL exec)" in err  # what was refused
 
 
-def test_medloc_fit_refuses_a_malicious_local_checkpoint(tmp_path, monkeypatch):
+def test_medloc_fit_refuses_a_malicious_local_checkpoint(tmp_path, monkeypatch, capsys):
     marker = tmp_path / "marker"
     path = write_malicious(tmp_path / "evil.ckpt", marker)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UnsafeCheckpointError, match=r"\(GLOBAL exec\)"):
+    with pytest.raises(SystemExit):
         _run("fit", "--config", str(SMOKE), "--data.init_args.n", "20", "--ckpt_path", str(path))
     assert not marker.exists()
+    assert f"medloc: error: refused to load checkpoint {path}" in capsys.readouterr().err
 
 
 def test_box_policy_export_refuses_a_malicious_weights_file(tmp_path):

@@ -141,6 +141,9 @@ def load_record_file(file: str, image_root: str | None = None, check_images: boo
         raise FileNotFoundError(f"{name}: record file not found: {file}")
     records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records,
                                      require_bbox=require_bbox, allow_outside_root=allow_outside_root)
+    whole_file = [str(p) for p in problems if p.line == 0]
+    if whole_file:  # e.g. an empty file: nothing to skip
+        raise ValueError(f"{name}: {'; '.join(whole_file)}")
     if problems:
         n_bad = count_bad_records(problems)
         summary = (f"{name} {file}: {n_bad} of {n_bad + len(records)} records are invalid "
