@@ -43,7 +43,8 @@ def fetch(path: str | os.PathLike) -> str:
 
 def _refusal(path: str, err: pickle.UnpicklingError) -> UnsafeCheckpointError:
     text = str(err)
-    found = re.search(r"Unsupported global: (GLOBAL \S+)", text) or re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    found = (re.search(r"Unsupported global: (GLOBAL \S+)", text)
+             or re.search(r"WeightsUnpickler error:\s*([^\n]+)", text))
     return UnsafeCheckpointError(
         f"refused to load checkpoint {path}: it holds a Python object that only a full unpickle could build "
         f"({found.group(1).strip() if found else 'not a tensor or plain container'}), and unpickling runs code "

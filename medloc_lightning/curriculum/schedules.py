@@ -60,12 +60,17 @@ def _check_progress(progress: float) -> float:
 def _plain(value: Any) -> Any:
     """A setting as plain containers (comparable, and loadable with ``weights_only=True``)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"kind": type(value).__name__, **{f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"kind": type(value).__name__, **fields}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return {"kind": type(value).__name__}
+
+
+def _outside(tau: float, low: float, high: float) -> str | None:
+    return None if low <= tau <= high else f"lies outside [{low}, {high}]"
 
 
 class CurriculumMismatchError(ValueError):
@@ -221,7 +226,8 @@ class ThresholdSchedule:
         if problem:
             raise ValueError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
         if len(state["steps"]) > self.window:
-            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window steps for a window of {self.window}")
+            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window steps for a window of "
+                             f"{self.window}")
         steps = deque(maxlen=self.window)
         for i, ious in enumerate(state["steps"]):
             try:
@@ -284,7 +290,7 @@ class ThresholdCurriculum(ThresholdSchedule):
         self.checks = tuple(checks)
 
     def _tau_problem(self, tau: float) -> str | None:
-        return None if self.tau_start <= tau <= self.tau_target else f"lies outside [{self.tau_start}, {self.tau_target}]"
+        return _outside(tau, self.tau_start, self.tau_target)
 
     @property
     def progress(self) -> float:
@@ -389,7 +395,7 @@ class IntervalSchedule(ThresholdSchedule):
         self.every, self.step, self.tau_start = int(every), float(step), tau_start
 
     def _tau_problem(self, tau: float) -> str | None:
-        return None if self.tau_start <= tau <= self.tau_target else f"lies outside [{self.tau_start}, {self.tau_target}]"
+        return _outside(tau, self.tau_start, self.tau_target)
 
     def _update(self, progress: float | None) -> bool:
         if self.num_steps % self.every or self._tau >= self.tau_target:

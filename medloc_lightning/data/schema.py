@@ -261,7 +261,8 @@ def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None =
             problems.append(Problem(file, line, "json", f"not valid UTF-8: {err}"))
             continue
         except json.JSONDecodeError as err:
-            problems.append(Problem(file, line, "json", f"invalid JSON: {err.msg.removesuffix(' at')} at column {err.colno}"))
+            reason = f"invalid JSON: {err.msg.removesuffix(' at')} at column {err.colno}"  # msg may end in "at"
+            problems.append(Problem(file, line, "json", reason))
             continue
         except RecursionError:
             problems.append(Problem(file, line, "json", "invalid JSON: nested too deeply"))
