@@ -40,17 +40,19 @@ def any_rank(module: pl.LightningModule, flag: bool) -> bool:
     return bool(max_and_sum(module, [float(flag)])[0][0] > 0)
 
 
-def step_is_finite(module: pl.LightningModule, loss: Tensor, parameters: list[Tensor]) -> bool:
+def step_is_finite(module: pl.LightningModule, loss: Tensor) -> bool:
     """Whether the loss and every gradient are finite on every rank, so all ranks skip or step together.
 
-    Under a precision plugin with a gradient scaler (fp16 AMP) only the loss is checked: the scaler owns
-    overflowing gradients and skips those steps itself.
+    Gradients are read from the strategy's model (FSDP1 keeps them on its flat parameters; FSDP2's are this
+    rank's shards). Under a precision plugin with a gradient scaler (fp16 AMP) only the loss is checked: the
+    scaler owns overflowing gradients and skips those steps itself.
     """
     finite = bool(torch.isfinite(loss).all())
     trainer = module._trainer
     scaled = trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
     if finite and not scaled:
-        grads = [p.grad for p in parameters if p.grad is not None]
+        model = trainer.model if trainer is not None and trainer.model is not None else module
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
         grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 DTensor: this rank's shard
         finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
     return not any_rank(module, not finite)

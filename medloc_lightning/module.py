@@ -343,7 +343,7 @@ class GRPOGroundingModule(GroundingModule):
                 step_loss = step_loss + loss.detach()
                 if chunk_stats:
                     step_stats.append((chunk_stats, len(chunks[c])))  # stats only come from real chunks
-            if distributed.step_is_finite(self, step_loss, self.policy.trainable_parameters()):
+            if distributed.step_is_finite(self, step_loss):
                 self._nonfinite_streak = 0
                 if self.max_grad_norm:
                     distributed.clip_grad_norm(self, optimizer, self.max_grad_norm)
