@@ -3,7 +3,7 @@
     python benchmarks/data_loading.py [--records 10000] [--images 300]
 
 Prints one line per figure. The metadata figure is ``setup("fit")`` with ``check_images=False`` (JSON parsing,
-schema checks, HF ``load_dataset("json")``), measured after ``import datasets`` so the one-off import
+schema checks, HF ``Dataset.from_list``), measured after ``import datasets`` so the one-off import
 cost (printed separately) does not hide the per-file cost.
 """
 from __future__ import annotations

@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
-import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.callbacks.progress import use_step_progress_bar
+from medloc_lightning.checkpoint_io import AtomicCheckpointIO
+from medloc_lightning.checkpoints import load_checkpoint, verify_checkpoint
 from medloc_lightning.module import GroundingModule
+from medloc_lightning.user_errors import report_user_errors
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -48,8 +51,55 @@ class PredictionWriter(BasePredictionWriter):
         print(f"predictions written to {self._path}")
 
 
+_CKPT_KEYWORDS = ("last", "best", "hpc")
+
+
+def _checked(ckpt_path: str | os.PathLike | None) -> str | None:
+    """A local path to ``ckpt_path`` once it has passed the weights_only check (Lightning's keywords pass as is:
+    they name this run's own checkpoints, which `AtomicCheckpointIO` reads with weights_only=True)."""
+    if ckpt_path is None or str(ckpt_path) in _CKPT_KEYWORDS or str(ckpt_path).startswith("registry"):
+        return None if ckpt_path is None else str(ckpt_path)
+    return verify_checkpoint(ckpt_path)
+
+
 class Trainer(pl.Trainer):
-    """Lightning's Trainer plus `export`, so `medloc export` shares the config of `fit`."""
+    """Lightning's Trainer plus `export`, so `medloc export` shares the config of `fit`.
+
+    Every ``ckpt_path`` (a file or an http(s) URL) is read with ``weights_only=True`` only, and checkpoints are
+    written atomically (`AtomicCheckpointIO`, unless another checkpoint plugin was configured).
+    """
+
+    def _secure_checkpoint_io(self) -> None:
+        if type(self.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def fit(self, model: pl.LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            datamodule: pl.LightningDataModule | None = None, ckpt_path: str | Path | None = None) -> None:
+        """Lightning's ``fit``; ``ckpt_path`` may be a local file or an http(s) URL."""
+        self._secure_checkpoint_io()
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, _checked(ckpt_path), weights_only=True)
+
+    def validate(self, model: pl.LightningModule | None = None, dataloaders: Any = None,
+                 ckpt_path: str | Path | None = None, verbose: bool = True,
+                 datamodule: pl.LightningDataModule | None = None) -> Any:
+        """Lightning's ``validate``; ``ckpt_path`` may be a local file or an http(s) URL."""
+        self._secure_checkpoint_io()
+        return super().validate(model, dataloaders, _checked(ckpt_path), verbose, datamodule, weights_only=True)
+
+    def test(self, model: pl.LightningModule | None = None, dataloaders: Any = None,
+             ckpt_path: str | Path | None = None, verbose: bool = True,
+             datamodule: pl.LightningDataModule | None = None) -> Any:
+        """Lightning's ``test``; ``ckpt_path`` may be a local file or an http(s) URL."""
+        self._secure_checkpoint_io()
+        return super().test(model, dataloaders, _checked(ckpt_path), verbose, datamodule, weights_only=True)
+
+    def predict(self, model: pl.LightningModule | None = None, dataloaders: Any = None,
+                datamodule: pl.LightningDataModule | None = None, return_predictions: bool | None = None,
+                ckpt_path: str | Path | None = None) -> Any:
+        """Lightning's ``predict``; ``ckpt_path`` may be a local file or an http(s) URL."""
+        self._secure_checkpoint_io()
+        return super().predict(model, dataloaders, datamodule, return_predictions, _checked(ckpt_path),
+                               weights_only=True)
 
     def export(
         self,
@@ -61,12 +111,13 @@ class Trainer(pl.Trainer):
         """Load a (full) checkpoint's weights into the model and write the policy for inference.
 
         Args:
-            ckpt_path: a checkpoint written by `medloc fit`; without it the untrained policy is exported.
+            ckpt_path: a checkpoint written by `medloc fit` (a file or an http(s) URL); without it the untrained
+                policy is exported.
             out_dir: the folder to write (a HF model folder, or a LoRA adapter, for Qwen2.5-VL).
         """
         model.configure_model()
         if ckpt_path:
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            checkpoint = load_checkpoint(ckpt_path)
             model.on_load_checkpoint(checkpoint)
             model.load_state_dict(checkpoint["state_dict"], strict=model.strict_loading)
         model.export(out_dir)
@@ -81,6 +132,13 @@ class MedlocCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` before anything reads it (LightningCLI reads its hyperparameters)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") is not None:
+            _checked(self.config[subcommand]["ckpt_path"])
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(ThresholdCurriculumCallback, "curriculum", subclass_mode=True, required=False)
@@ -99,11 +157,14 @@ class MedlocCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> None:
+    """The `medloc` command. A user error (a bad option value, a missing or invalid data file, a refused
+    checkpoint) ends with one ``medloc: error: ...`` line and exit status 2; ``MEDLOC_TRACEBACK=1`` shows
+    the traceback instead."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # GRPO steps inside training_step, so a checkpoint holds the post-step weights: that is what we want.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning vs torch 2.13
-    MedlocCLI(
+    report_user_errors("medloc", lambda: MedlocCLI(
         GroundingModule,
         pl.LightningDataModule,
         trainer_class=Trainer,
@@ -113,7 +174,7 @@ def main(args: Sequence[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
-    )
+    ))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-COUNTER_KEYS = ("rejected", "empty", "unparsed", "zero_std_groups", "all_fail_groups", "skipped_steps")
-"""Prompts rejected up front, empty and unparsed completions, zero-std and all-fail groups, skipped steps."""
+COUNTER_KEYS = ("rejected", "empty", "unparsed", "zero_std_groups", "all_fail_groups", "skipped_steps",
+                "nonfinite_steps")
+"""Prompts rejected up front, empty and unparsed completions, zero-std and all-fail groups, skipped steps, and
+optimizer steps skipped for a non-finite loss or gradient."""
 
 
 class Counters(Mapping[str, int]):

@@ -33,6 +33,31 @@ def max_and_sum(module: pl.LightningModule, values: list[float]) -> tuple[Tensor
     return strategy.reduce(packed.clone(), reduce_op="max"), strategy.reduce(packed.clone(), reduce_op="sum")
 
 
+def any_rank(module: pl.LightningModule, flag: bool) -> bool:
+    """Whether ``flag`` holds on at least one rank (the flag itself with one rank)."""
+    if world_size(module) == 1:
+        return bool(flag)
+    return bool(max_and_sum(module, [float(flag)])[0][0] > 0)
+
+
+def step_is_finite(module: pl.LightningModule, loss: Tensor) -> bool:
+    """Whether the loss and every gradient are finite on every rank, so all ranks skip or step together.
+
+    Gradients are read from the strategy's model (FSDP1 keeps them on its flat parameters; FSDP2's are this
+    rank's shards). Under a precision plugin with a gradient scaler (fp16 AMP) only the loss is checked: the
+    scaler owns overflowing gradients and skips those steps itself.
+    """
+    finite = bool(torch.isfinite(loss).all())
+    trainer = module._trainer
+    scaled = trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
+    if finite and not scaled:
+        model = trainer.model if trainer is not None and trainer.model is not None else module
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 DTensor: this rank's shard
+        finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    return not any_rank(module, not finite)
+
+
 def mean_over_ranks(module: pl.LightningModule, values: dict[str, Tensor]) -> dict[str, Tensor]:
     """The mean of each scalar over ranks, in one collective."""
     if world_size(module) == 1:

@@ -11,13 +11,16 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-__all__ = ["ADVANTAGE_SCALES", "AdvantageScale", "LOSS_TYPES", "LossType", "group_advantages", "grpo_loss",
-           "zero_std_groups"]
+__all__ = ["ADVANTAGE_SCALES", "AdvantageScale", "LOG_RATIO_LIMIT", "LOSS_TYPES", "LossType", "group_advantages",
+           "grpo_loss", "zero_std_groups"]
 
 AdvantageScale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ADVANTAGE_SCALES: tuple[str, ...] = get_args(AdvantageScale)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+LOG_RATIO_LIMIT = 20.0
+"""Log-ratios are clamped to ±this before ``exp`` (as verl does): exp(20) ≈ 5e8 stays finite in fp16/bf16/fp32,
+while an unclamped log-ratio above ~88 overflows fp32 to inf and turns the loss into inf or NaN."""
 
 
 def _check_rewards(rewards: Tensor, min_group: int) -> Tensor:
@@ -132,6 +135,9 @@ def grpo_loss(
     does for dapo); division by gradient-accumulation steps is left to the caller.
 
     Padding (mask 0) never reaches the maths, so its log-probs may hold anything, NaN and -inf included.
+    Log-ratios (policy vs old, reference vs policy) are clamped to ±:data:`LOG_RATIO_LIMIT` before ``exp``, so a
+    policy that drifted far from the sampler gives a large finite loss, never inf; beyond the clamp the token
+    carries no gradient.
     Returns ``(loss, stats)``; stats are detached scalars over the local mask: ``clip_ratio/low_mean`` (rho <
     1-epsilon with A < 0), ``clip_ratio/high_mean`` (rho > 1+epsilon_high with A > 0), ``clip_ratio/region_mean``
     (either), and ``kl`` (masked mean k3) only when beta > 0.
@@ -166,14 +172,14 @@ def grpo_loss(
     zero = torch.zeros((), dtype=logps.dtype, device=logps.device)
     # Masked positions get a log-ratio of 0 (rho = 1, k3 = 0) so padding values, even NaN, stay out of values
     # and gradients.
-    log_ratio = torch.where(keep, logps - old_logps, zero)
+    log_ratio = torch.where(keep, logps - old_logps, zero).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = torch.exp(log_ratio)
     adv = advantages.to(logps.dtype).unsqueeze(1)
     clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)
     kl = None
     if beta > 0:
-        ref_gap = torch.where(keep, ref_logps.to(logps.dtype) - logps, zero)
+        ref_gap = torch.where(keep, ref_logps.to(logps.dtype) - logps, zero).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
         kl = torch.exp(ref_gap) - ref_gap - 1.0
         per_token = per_token + beta * kl
     weighted = per_token * weight

@@ -14,6 +14,7 @@ from typing import Any, Literal, Sequence, get_args
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from medloc_lightning import distributed
@@ -221,6 +222,8 @@ class GRPOGroundingModule(GroundingModule):
     optimizer steps with its old log-probs cached (TRL's μ), and each step backpropagates in row chunks of
     ``micro_batch_size`` so memory is bounded while the loss keeps the normalization of the whole batch.
     A bigger generation batch is a bigger ``batch_size`` in the data, not Trainer gradient accumulation.
+    An optimizer step whose loss or gradient is NaN/inf changes no weight (counted, warned), and
+    ``max_nonfinite_steps`` such steps in a row stop training with an error.
     ``training_step`` returns ``{"loss", "ious", "samples"}``: the first two are the
     `ThresholdCurriculumCallback` contract, the last feeds `SampleLoggingCallback`.
     """
@@ -241,6 +244,7 @@ class GRPOGroundingModule(GroundingModule):
         micro_batch_size: int = 16,
         seed: int = 0,
         fsdp_summon_for_generation: bool = False,
+        max_nonfinite_steps: int = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, **kwargs)
@@ -258,6 +262,8 @@ class GRPOGroundingModule(GroundingModule):
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if not 0.0 <= iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps!r}")
         self.automatic_optimization = False
         self.num_generations, self.temperature = int(num_generations), float(temperature)
         self.reward = GroundingReward() if reward is None else reward
@@ -266,6 +272,7 @@ class GRPOGroundingModule(GroundingModule):
         self.loss_type, self.scale_rewards = loss_type, scale_rewards
         self.num_iterations, self.micro_batch_size = int(num_iterations), int(micro_batch_size)
         self.seed, self.fsdp_summon_for_generation = int(seed), fsdp_summon_for_generation
+        self.max_nonfinite_steps, self._nonfinite_streak = int(max_nonfinite_steps), 0
         self.counts = Counters()
 
     def configure_model(self) -> None:
@@ -339,15 +346,34 @@ class GRPOGroundingModule(GroundingModule):
                 step_loss = step_loss + loss.detach()
                 if chunk_stats:
                     step_stats.append((chunk_stats, len(chunks[c])))  # stats only come from real chunks
-            if self.max_grad_norm:
-                distributed.clip_grad_norm(self, optimizer, self.max_grad_norm)
-            optimizer.step()
+            if distributed.step_is_finite(self, step_loss):
+                self._nonfinite_streak = 0
+                if self.max_grad_norm:
+                    distributed.clip_grad_norm(self, optimizer, self.max_grad_norm)
+            else:
+                self._skip_nonfinite_step(step_loss)
+                optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
+            optimizer.step()  # a skipped step still counts: the step number, τ and the LR schedule stay aligned
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
             last_loss, stats = step_loss, _weighted_mean(step_stats)
         step.timings["backward"] = time.perf_counter() - clock
         return last_loss, stats
+
+    def _skip_nonfinite_step(self, loss: Tensor) -> None:
+        """Count and report a step whose loss or gradient is NaN/inf; fail after too many in a row."""
+        self._nonfinite_streak += 1
+        self.counts.add("nonfinite_steps", 1)
+        step = self.global_step
+        if self._nonfinite_streak >= self.max_nonfinite_steps:
+            raise RuntimeError(
+                f"step {step}: {self._nonfinite_streak} optimizer steps in a row had a non-finite loss or gradient "
+                f"(last loss {float(loss):g}) and were skipped. Likely cause: the policy's log-probs are NaN or inf "
+                f"(diverged weights, fp16 overflow, or a learning rate too high: {self.learning_rate:g}). "
+                f"Lower learning_rate or resume from an earlier checkpoint.")
+        rank_zero_warn(f"step {step}: non-finite loss ({float(loss):g}) or gradient: optimizer step skipped, weights "
+                       f"unchanged (counted in train/count_nonfinite_steps)")
 
     def _chunk_loss(self, step: GRPOStep, inputs: LossInputs, c: int) -> tuple[Tensor, dict[str, Tensor]]:
         rollout, chunks = step.rollout, inputs.chunks
@@ -445,6 +471,20 @@ class GRPOGroundingModule(GroundingModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.counts.load_state_dict(checkpoint.get("medloc_counts", {}))
+        self._warn_if_curriculum_dropped(checkpoint)
+
+    def _warn_if_curriculum_dropped(self, checkpoint: dict[str, Any]) -> None:
+        """Training resumed without the curriculum callback that saved τ would silently train at this module's
+        own ``iou_threshold``: say so."""
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        present = {getattr(cb, "state_key", None) for cb in self.trainer.callbacks}
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if key.startswith("ThresholdCurriculumCallback") and key not in present:
+                saved_tau = state.get("schedule", {}).get("tau") if isinstance(state, dict) else None
+                rank_zero_warn(f"the checkpoint carries curriculum state (tau = {saved_tau}) but no matching "
+                               f"ThresholdCurriculumCallback is configured: training continues at iou_threshold = "
+                               f"{self.iou_threshold}. Configure the curriculum it was trained with to resume it.")
 
 
 def _weighted_mean(items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:

@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from medloc_lightning.checkpoints import load_checkpoint
+
 PRIOR_PROMPT_TEMPLATE = "{query} Output the final answer in <answer> </answer> tags in JSON format."
 """The prior's prompt: the VLM-R1 answer format without the request to think first (SFT answers hold no
 ``<think>`` block, and a tiny model has nothing to reason with)."""
@@ -69,7 +71,7 @@ def warm_start(module: Any, data: Any, *, max_steps: int, max_minutes: float | N
             saver.on_validation_end(trainer, module)
     best = saver.best_model_path
     if best:
-        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(best)
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
     score = saver.best_model_score

@@ -86,10 +86,11 @@ def test_sft_baseline_on_the_tiny_config(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "baseline_sft").exists() or (tmp_path / "runs" / "tiny_smoke").exists()
 
 
-def test_export_rejects_a_checkpoint_of_another_model(tmp_path, monkeypatch):
+def test_export_rejects_a_checkpoint_of_another_model(tmp_path, monkeypatch, capsys):
     _fit(tmp_path, monkeypatch)
     ckpt = tmp_path / "runs" / "tiny_smoke" / "checkpoints" / "last.ckpt"
-    with pytest.raises(ValueError, match="does not match"), warnings.catch_warnings():
+    with pytest.raises(SystemExit), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         main(["export", "--config", str(SMOKE), "--model.init_args.policy.init_args.lora_target_modules", "[q_proj]",
               "--ckpt_path", str(ckpt), "--out_dir", str(tmp_path / "x")])
+    assert "medloc: error: checkpoint does not match this model's trainable weights" in capsys.readouterr().err

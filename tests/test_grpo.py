@@ -177,6 +177,21 @@ def test_empty_batch_gives_zero():
     assert loss.item() == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gap", [100.0, -100.0, 1e4])
+def test_huge_log_ratios_give_a_finite_loss_and_gradient(gap, dtype):
+    # a policy far from its sampler (or a diverged reference): exp(100) is inf in fp32 without the clamp
+    logps = torch.full((2, 3), -1.0, dtype=dtype, requires_grad=True)
+    old = (logps.detach() - gap).to(dtype)
+    ref = (logps.detach() + gap).to(dtype)
+    for loss_type in LOSS_TYPES:
+        loss, stats = grpo_loss(logps, old, torch.tensor([1.0, -1.0]), torch.ones(2, 3), ref_logps=ref, beta=0.04,
+                                loss_type=loss_type, max_completion_length=3)
+        (grad,) = torch.autograd.grad(loss, logps)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all(), loss_type
+        assert all(torch.isfinite(v) for v in stats.values())
+
+
 def random_batch(seed: int, n: int = 7, t: int = 6, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     logps = (-torch.rand(n, t, generator=g, dtype=dtype) * 3).requires_grad_()

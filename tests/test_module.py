@@ -159,3 +159,67 @@ def test_sft_module_trains_its_loss():
         policy.theta.fill_(1.0)
     fit(SFTGroundingModule(policy, learning_rate=0.1), square_records(4), 5)
     assert float((policy.theta.detach() ** 2).sum()) < 4.0
+
+
+class NaNPolicy(ScriptedPolicy):
+    """A scripted policy whose log-probs are NaN on the rollouts listed in ``nan_on`` (1-based)."""
+
+    def __init__(self, nan_on: set[int]) -> None:
+        super().__init__(ANSWERS)
+        self.nan_on, self.rollouts = nan_on, 0
+
+    def sample(self, batch, num_generations, temperature):
+        self.rollouts += 1
+        return super().sample(batch, num_generations, temperature)
+
+    def logprobs(self, rollout, rows=None, *, reference=False):
+        out = super().logprobs(rollout, rows, reference=reference)
+        return out * float("nan") if self.rollouts in self.nan_on else out
+
+
+def test_a_nan_step_is_skipped_counted_and_training_continues():
+    policy = NaNPolicy(nan_on={3})
+    module = GRPOGroundingModule(policy, num_generations=4, learning_rate=0.1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, record_loader(square_records(12), 2))
+    assert trainer.global_step == 6 and policy.rollouts == 6
+    assert torch.isfinite(policy.theta).all() and torch.count_nonzero(policy.theta) > 0
+    assert metrics(trainer)["train/count_nonfinite_steps"] == 1
+    assert any("step 2: non-finite loss (nan) or gradient: optimizer step skipped" in str(w.message) for w in caught)
+    state = trainer.optimizers[0].state[policy.theta]
+    assert int(state["step"]) == 5 and torch.isfinite(state["exp_avg"]).all()  # the NaN step left Adam alone
+
+
+def test_too_many_nan_steps_in_a_row_stop_training_naming_the_step():
+    module = GRPOGroundingModule(NaNPolicy(nan_on={2, 3, 4, 5}), num_generations=4, max_nonfinite_steps=3)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(RuntimeError, match=r"step 3: 3 optimizer steps in a row had a non-finite loss.*log-probs"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, record_loader(square_records(12), 2))
+
+
+def test_resuming_without_the_curriculum_that_saved_tau_warns(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(steps, callbacks, ckpt_path=None):
+        module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, iou_threshold=0.5)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
+        trainer.fit(module, record_loader(square_records(8), 2), ckpt_path=ckpt_path, weights_only=True)
+        return module
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=2, save_top_k=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(2, [ThresholdCurriculumCallback(FixedThreshold(0.3, window=2)), saver])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = run(4, [], ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")  # e.g. `--curriculum null`
+    assert module.iou_threshold == 0.5
+    assert any("carries curriculum state (tau = 0.3) but no matching ThresholdCurriculumCallback is configured: "
+               "training continues at iou_threshold = 0.5" in str(w.message) for w in caught)

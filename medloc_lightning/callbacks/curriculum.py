@@ -10,9 +10,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from medloc_lightning.curriculum import ThresholdCurriculum, ThresholdSchedule
+from medloc_lightning.curriculum import CurriculumMismatchError, ThresholdCurriculum, ThresholdSchedule
 from medloc_lightning.lightning_utils import logs_this_step
 
 
@@ -21,7 +21,9 @@ class ThresholdCurriculumCallback(pl.Callback):
 
     IoUs are accumulated over gradient-accumulation micro-batches and observed once per optimizer step.
     Under DDP/FSDP they are all-gathered first (in rank order), so every rank sees the same stream and
-    therefore holds the same window and τ. The schedule's full state travels in the checkpoint.
+    therefore holds the same window and τ. The schedule's full state travels in the checkpoint, with its
+    kind and settings: resuming under another schedule fails with a clear error, unless
+    ``reset_on_mismatch=True``, which starts the configured schedule afresh (with a warning).
     """
 
     def __init__(
@@ -31,10 +33,12 @@ class ThresholdCurriculumCallback(pl.Callback):
         attr: str = "iou_threshold",
         log_prefix: str = "curriculum",
         prog_bar: bool = True,
+        reset_on_mismatch: bool = False,
     ) -> None:
         super().__init__()
         self.schedule = ThresholdCurriculum() if schedule is None else schedule
         self.ious_key, self.attr, self.log_prefix, self.prog_bar = ious_key, attr, log_prefix, prog_bar
+        self.reset_on_mismatch = reset_on_mismatch
         self._pending: list[torch.Tensor] = []
         self._last_global_step: int | None = None
         self._total_steps: float | None = None
@@ -110,7 +114,14 @@ class ThresholdCurriculumCallback(pl.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict["schedule"])
+        try:
+            self.schedule.load_state_dict(state_dict["schedule"])
+        except CurriculumMismatchError as err:
+            if not self.reset_on_mismatch:
+                raise
+            rank_zero_warn(f"{err} reset_on_mismatch=True: the configured schedule starts afresh at tau = "
+                           f"{self.schedule.tau} with an empty window.")
+            return
         self._pending = [t.clone() for t in state_dict.get("pending", [])]
         self._last_global_step = state_dict.get("last_global_step")
 

@@ -1,6 +1,7 @@
 """IoU-threshold curricula (no Lightning import): MedLoc-R1's performance-aware schedule and baselines."""
 from medloc_lightning.curriculum.schedules import (
     CHECKS,
+    CurriculumMismatchError,
     FixedThreshold,
     IntervalSchedule,
     ProgressSchedule,
@@ -12,6 +13,7 @@ from medloc_lightning.curriculum.steps import CosineStep, LinearStep, PiecewiseS
 __all__ = [
     "CHECKS",
     "CosineStep",
+    "CurriculumMismatchError",
     "FixedThreshold",
     "IntervalSchedule",
     "LinearStep",

@@ -20,6 +20,8 @@ The core imports no Lightning: `ThresholdCurriculumCallback` is the thin adapter
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections import deque
 from typing import Any, Literal, Sequence, get_args
@@ -47,6 +49,33 @@ def _as_pair(name: str, value: float | Sequence[float], low: float, high: float)
     if not all(low <= v <= high for v in out):
         raise ValueError(f"{name} values must lie in [{low}, {high}], got {value!r}")
     return out  # type: ignore[return-value]
+
+
+def _check_progress(progress: float) -> float:
+    value = float(progress)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"progress must be the fraction of training done, in [0, 1], got {progress!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A setting as plain containers (comparable, and loadable with ``weights_only=True``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"kind": type(value).__name__, **fields}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return {"kind": type(value).__name__}
+
+
+def _outside(tau: float, low: float, high: float) -> str | None:
+    return None if low <= tau <= high else f"lies outside [{low}, {high}]"
+
+
+class CurriculumMismatchError(ValueError):
+    """A saved schedule state that belongs to another schedule (kind or settings) than the configured one."""
 
 
 def _round_half_up(x: float) -> int:
@@ -137,16 +166,32 @@ class ThresholdSchedule:
         }
 
     def observe(self, ious: Any, progress: float | None = None) -> bool:
-        self._push(as_iou_array(ious))
-        return self._update(progress)
+        arr = as_iou_array(ious)
+        progress = None if progress is None else _check_progress(progress)
+        before = {**self.__dict__, "_steps": self._steps.copy(), "events": list(self.events)}
+        self._push(arr)
+        try:
+            return self._update(progress)
+        except BaseException:
+            self.__dict__.update(before)  # a failed observation records nothing
+            raise
 
     def _update(self, progress: float | None) -> bool:
         return False
 
     # --- state ------------------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments this schedule was built with (each stored under its own name), as plain
+        containers. Saved with the state, so a checkpoint is never resumed under another schedule."""
+        names = [n for n, p in inspect.signature(type(self).__init__).parameters.items()
+                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return {n: _plain(getattr(self, n)) for n in names if hasattr(self, n)}
+
     def state_dict(self) -> dict[str, Any]:
         """Plain Python containers only, so checkpoints load with ``torch.load(weights_only=True)``."""
         return {
+            "kind": type(self).__name__,
+            "settings": self.settings(),
             "tau": self._tau,
             "window": self.window,
             "steps": [a.tolist() for a, _, _ in self._steps],
@@ -155,17 +200,52 @@ class ThresholdSchedule:
             "events": [dict(e) for e in self.events],
         }
 
+    def check_compatible(self, state: dict[str, Any]) -> None:
+        """Raise :class:`CurriculumMismatchError` if ``state`` was saved by another kind of schedule or with
+        other settings. Settings only one side knows (added after the checkpoint was written) are not compared."""
+        kind, saved = state.get("kind", type(self).__name__), state.get("settings", {})
+        mine = self.settings()
+        diffs = [f"{k}: saved {saved[k]!r}, configured {mine[k]!r}" for k in sorted(saved.keys() & mine.keys())
+                 if saved[k] != mine[k]]
+        if int(state["window"]) != self.window and "window" not in saved:
+            diffs.append(f"window: saved {state['window']!r}, configured {self.window!r}")
+        if kind != type(self).__name__ or diffs:
+            what = f"a {kind}, the configured schedule is a {type(self).__name__}" if kind != type(self).__name__ \
+                else f"a {kind} with other settings ({'; '.join(diffs)})"
+            raise CurriculumMismatchError(
+                f"the saved curriculum state does not match the configured schedule: it was saved by {what}. "
+                f"Resume with the schedule it was trained with, or reset the curriculum explicitly "
+                f"(ThresholdCurriculumCallback(reset_on_mismatch=True)).")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["window"]) != self.window:
-            raise ValueError(f"checkpoint window {state['window']} != configured window {self.window}")
-        self._tau = float(state["tau"])
-        self.num_steps = int(state["num_steps"])
-        self.num_raises = int(state["num_raises"])
+        """Restore a state saved by :meth:`state_dict`: checked whole (kind, settings, τ, window IoUs) before
+        anything changes, so a bad state leaves the schedule as it was."""
+        self.check_compatible(state)
+        tau = float(state["tau"])
+        problem = None if 0.0 <= tau <= 1.0 else "must be an IoU threshold in [0, 1]"
+        problem = problem or self._tau_problem(tau)
+        if problem:
+            raise ValueError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
+        if len(state["steps"]) > self.window:
+            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window steps for a window of "
+                             f"{self.window}")
+        steps = deque(maxlen=self.window)
+        for i, ious in enumerate(state["steps"]):
+            try:
+                arr = as_iou_array(ious)
+            except ValueError as err:
+                raise ValueError(f"invalid curriculum state: window step {i}: {err}") from None
+            steps.append((arr, float(np.count_nonzero(arr >= tau)) / arr.size, float(arr.mean())))
+        num_steps, num_raises = int(state["num_steps"]), int(state["num_raises"])
+        if num_steps < len(steps) or num_raises < 0:
+            raise ValueError(f"invalid curriculum state: num_steps {num_steps} and num_raises {num_raises} for "
+                             f"{len(steps)} window steps")
+        self._tau, self._steps, self.num_steps, self.num_raises = tau, steps, num_steps, num_raises
         self.events = [dict(e) for e in state["events"]]
-        self._steps = deque(maxlen=self.window)
-        for ious in state["steps"]:
-            arr = np.asarray(ious, dtype=np.float64)
-            self._steps.append((arr, float(np.count_nonzero(arr >= self._tau)) / arr.size, float(arr.mean())))
+
+    def _tau_problem(self, tau: float) -> str | None:
+        """Why ``tau`` cannot be this schedule's threshold, or None."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(tau={self._tau:.4g}, steps={self.num_steps}, raises={self.num_raises})"
@@ -209,6 +289,9 @@ class ThresholdCurriculum(ThresholdSchedule):
         if unknown:
             raise ValueError(f"checks has unknown entries {unknown}; choose from {CHECKS}")
         self.checks = tuple(checks)
+
+    def _tau_problem(self, tau: float) -> str | None:
+        return _outside(tau, self.tau_start, self.tau_target)
 
     @property
     def progress(self) -> float:
@@ -254,6 +337,9 @@ class FixedThreshold(ThresholdSchedule):
     def __init__(self, tau: float = 0.5, window: int = 30) -> None:
         super().__init__(tau, window)
 
+    def _tau_problem(self, tau: float) -> str | None:
+        return None if tau == self._tau else f"differs from the fixed tau {self._tau}"
+
 
 class ProgressSchedule(ThresholdSchedule):
     """τ follows training progress, blind to performance: τ is the tau of the first (progress_upto, tau)
@@ -281,10 +367,14 @@ class ProgressSchedule(ThresholdSchedule):
                 return tau
         return self.milestones[-1][1]
 
+    def _tau_problem(self, tau: float) -> str | None:
+        taus = sorted({t for _, t in self.milestones})
+        return None if tau in taus else f"is none of the milestones' taus {taus}"
+
     def _update(self, progress: float | None) -> bool:
         if progress is None:
             raise ValueError("ProgressSchedule needs progress (fraction of training done) in observe()")
-        return self._set_tau(self.tau_at(float(progress)))
+        return self._set_tau(self.tau_at(progress))
 
 
 class IntervalSchedule(ThresholdSchedule):
@@ -304,6 +394,9 @@ class IntervalSchedule(ThresholdSchedule):
             raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
         super().__init__(tau_start, window)
         self.every, self.step, self.tau_start = int(every), float(step), tau_start
+
+    def _tau_problem(self, tau: float) -> str | None:
+        return _outside(tau, self.tau_start, self.tau_target)
 
     def _update(self, progress: float | None) -> bool:
         if self.num_steps % self.every or self._tau >= self.tau_target:

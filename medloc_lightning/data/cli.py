@@ -1,7 +1,9 @@
 """`medloc-data` (also `python -m medloc_lightning.data`): validate, inspect, convert and synthesize record files.
 
 Plugin contract: each subcommand is a module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
-the table below maps names to modules, imported only when that subcommand runs.
+the table below maps names to modules, imported only when that subcommand runs. A user error (an input that
+fails our checks) ends with one ``medloc-data: error: ...`` line and exit status 2 (``MEDLOC_TRACEBACK=1``:
+the traceback).
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import argparse
 import importlib
 import sys
 from typing import Sequence
+
+from medloc_lightning.user_errors import report_user_errors
 
 PROG = "medloc-data"
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv[1:])
     except SystemExit as exit_:  # --help (0) or a usage error (2)
         return int(exit_.code or 0)
-    return int(args._run(args))
+    try:
+        return int(report_user_errors(PROG, lambda: args._run(args)))
+    except SystemExit as exit_:  # a user error, reported in one line
+        return int(exit_.code or 0)
 
 
 if __name__ == "__main__":

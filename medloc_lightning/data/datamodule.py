@@ -5,12 +5,9 @@ lazily per item and checked again there, because setup may have run with ``check
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from typing import Any, Sequence
 
@@ -48,32 +45,13 @@ def _features() -> Any:
 
 
 def records_to_hf(records: Sequence[Record]) -> Any:
-    """Checked records -> in-memory ``datasets.Dataset`` via ``load_dataset("json")``.
-
-    The records are re-written in normalized form (floats, resolved paths, source line) to a private
-    temporary folder that also serves as the HF cache and is deleted afterwards: nothing is written to
-    the user's HF cache, nothing is fetched (works offline), and no file stays open (fork-safe).
-    """
+    """Checked records -> in-memory ``datasets.Dataset`` with fixed features (normalized floats, resolved image
+    paths, source line). Built in memory with ``Dataset.from_list``: nothing is written, nothing is fetched,
+    and no file stays open (fork-safe)."""
     import datasets
 
-    features = _features()
-    if not records:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    tmp = tempfile.mkdtemp(prefix="medloc-data-")
-    progress_was_on = not datasets.utils.are_progress_bars_disabled()
-    try:
-        path = os.path.join(tmp, "records.jsonl")
-        with open(path, "w", encoding="utf-8") as f:
-            for r in records:
-                row = {**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line}  # all columns
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        datasets.disable_progress_bars()
-        return datasets.load_dataset("json", data_files=path, split="train", features=features,
-                                     cache_dir=os.path.join(tmp, "cache"), keep_in_memory=True)
-    finally:
-        if progress_was_on:
-            datasets.enable_progress_bars()
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = [{**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line} for r in records]
+    return datasets.Dataset.from_list(rows, features=_features())
 
 
 class GroundingDataset(torch.utils.data.Dataset):
@@ -115,16 +93,33 @@ class GroundingDataset(torch.utils.data.Dataset):
 
 
 class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` whose next iteration can start part-way through the epoch's order.
+    """A ``DistributedSampler`` whose next iteration can be any epoch's order, from part-way through it.
 
-    Lightning resumes a mid-epoch checkpoint at the right batch index but restarts a plain loader from
-    its first batch; setting ``skip`` (in indices) makes the resumed epoch see exactly the batches the
-    interrupted one had not reached yet. It applies to one iteration only.
+    Lightning resumes a mid-epoch checkpoint at the right batch index but restarts a plain loader from its
+    first batch, and the epoch number it passes to ``set_epoch`` on resume depends on where the checkpoint
+    was written (a run stopped by ``max_steps`` saves after its epoch-end hook and resumes one epoch ahead).
+    ``resume(epoch, skip)`` makes the next iteration the order of ``epoch`` without its first ``skip``
+    indices, and later epochs count on from ``epoch`` whatever number ``set_epoch`` receives.
     """
 
-    skip: int = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+        self.offset = 0
+        """Added to every ``set_epoch`` value: the gap between Lightning's epoch count and this sampler's."""
+        self._resume_epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch + self.offset)
+
+    def resume(self, epoch: int, skip: int = 0) -> None:
+        """Make the next iteration ``epoch``'s order from index ``skip`` on."""
+        self._resume_epoch, self.skip = int(epoch), int(skip)
 
     def __iter__(self):  # type: ignore[override]
+        if self._resume_epoch is not None:
+            self.offset += self._resume_epoch - self.epoch
+            self.epoch, self._resume_epoch = self._resume_epoch, None
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
@@ -137,13 +132,18 @@ def collate_records(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_record_file(file: str, image_root: str | None = None, check_images: bool = True, skip_invalid: bool = False,
                      max_records: int | None = None, name: str = "records", cache_images: bool = False,
-                     require_bbox: bool = True) -> tuple[GroundingDataset, list[Problem]]:
-    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping.
-    ``require_bbox=False``: records to predict on, whose ``bbox`` may be missing (then None in the batch)."""
+                     require_bbox: bool = True,
+                     allow_outside_root: bool = False) -> tuple[GroundingDataset, list[Problem]]:
+    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping, and
+    always when no valid record is left. ``require_bbox=False``: records to predict on, whose ``bbox`` may be
+    missing (then None in the batch). ``allow_outside_root``: see `read_records`."""
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{name}: record file not found: {file}")
     records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records,
-                                     require_bbox=require_bbox)
+                                     require_bbox=require_bbox, allow_outside_root=allow_outside_root)
+    whole_file = [str(p) for p in problems if p.line == 0]
+    if whole_file:  # e.g. an empty file: nothing to skip
+        raise ValueError(f"{name}: {'; '.join(whole_file)}")
     if problems:
         n_bad = count_bad_records(problems)
         summary = (f"{name} {file}: {n_bad} of {n_bad + len(records)} records are invalid "
@@ -151,6 +151,8 @@ def load_record_file(file: str, image_root: str | None = None, check_images: boo
         if not skip_invalid:
             command = f"medloc-data validate{'' if require_bbox else ' --unlabelled'} {file}"
             raise ValueError(f"{summary}\nFix them (`{command}` lists all) or pass skip_invalid=True.")
+        if not records:
+            raise ValueError(f"{name} {file}: no valid record ({n_bad} invalid skipped):\n{format_problems(problems)}")
         warnings.warn(f"skipping invalid records: {summary}", UserWarning, stacklevel=2)
         log.warning("skipped %d invalid records of %s", n_bad, file)
     return GroundingDataset(records_to_hf(records), file, cache_images), problems
@@ -162,7 +164,9 @@ class GroundingDataModule(pl.LightningDataModule):
     Training order is a permutation drawn from ``seed + epoch`` and split across ranks like a
     ``DistributedSampler`` (the sampler is one, so Lightning keeps it): the same seed gives the same
     global order on any number of ranks, with disjoint shards. Invalid records raise at ``setup`` unless
-    ``skip_invalid=True``, which skips them with a warning and counts them in ``skipped``/``problems``.
+    ``skip_invalid=True``, which skips them with a warning and counts them in ``skipped``/``problems``; a file
+    left without any valid record always raises. Image paths must resolve inside the dataset root
+    (``image_root``, or each file's folder) unless ``allow_outside_root=True``.
     ``cache_images=True`` keeps decoded images in memory after their first use (small sets such as the
     synthetic data; one cache per worker process when ``num_workers > 0``).
     """
@@ -171,7 +175,7 @@ class GroundingDataModule(pl.LightningDataModule):
                  predict_file: str | None = None, image_root: str | None = None, batch_size: int = 2,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
                  skip_invalid: bool = False, check_images: bool = True, max_records: int | None = None,
-                 cache_images: bool = False) -> None:
+                 cache_images: bool = False, allow_outside_root: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
@@ -185,10 +189,12 @@ class GroundingDataModule(pl.LightningDataModule):
         self.check_images = check_images
         self.max_records = max_records
         self.cache_images = cache_images
+        self.allow_outside_root = allow_outside_root
         self.datasets: dict[str, GroundingDataset] = {}
         self.problems: dict[str, list[Problem]] = {}
         self.skipped: dict[str, int] = {}
         self._resume: dict[str, int] | None = None
+        self._sampler: ResumableSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Load and validate the files the stage needs (all given files when ``stage`` is None); idempotent."""
@@ -198,7 +204,8 @@ class GroundingDataModule(pl.LightningDataModule):
                 continue
             dataset, problems = load_record_file(file, self.image_root, self.check_images, self.skip_invalid,
                                                  self.max_records, name=f"{split}_file",
-                                                 cache_images=self.cache_images, require_bbox=split != "predict")
+                                                 cache_images=self.cache_images, require_bbox=split != "predict",
+                                                 allow_outside_root=self.allow_outside_root)
             self.datasets[split] = dataset
             self.problems[split] = problems
             self.skipped[split] = count_bad_records(problems)
@@ -222,20 +229,31 @@ class GroundingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         kwargs = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         sampler = self.train_sampler(kwargs.get("num_replicas", 1), kwargs.get("rank", 0))
+        if self._sampler is not None:
+            sampler.offset = self._sampler.offset  # a reloaded loader keeps counting epochs where the last one was
         if self._resume is not None:
-            done = self._resume["batches"]
-            if 0 < done < math.ceil(len(sampler) / self.batch_size):  # at an epoch's end nothing is skipped
-                sampler.skip = done * self.batch_size
+            done, epoch = self._resume.get("batches", 0), self._resume.get("sampler_epoch")
+            per_epoch = math.ceil(len(sampler) / self.batch_size)
+            skip = done * self.batch_size if 0 < done < per_epoch else 0  # at an epoch's end nothing is skipped
+            if epoch is not None:
+                sampler.resume(epoch + 1 if done >= per_epoch else epoch, skip)
+            else:  # a checkpoint that predates the saved sampler epoch
+                sampler.skip = skip
             self._resume = None
+        self._sampler = sampler
         return self._loader(self._dataset("train"), self.batch_size, sampler)
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the training epoch stands, so a mid-epoch checkpoint resumes on the next unseen batch."""
+        """Where the training epoch stands (the sampler's epoch and the batches done in it), so a checkpoint
+        resumes on the next unseen batch of the right epoch's order."""
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        state = {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        if self._sampler is not None:
+            state["sampler_epoch"] = int(self._sampler.epoch)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict) if state_dict else None
@@ -255,7 +273,8 @@ class SyntheticDataModule(GroundingDataModule):
     """`GroundingDataModule` over synthetic data that it generates into ``root`` on first use.
 
     No download, no glue: the quickstart, the smoke config and the tests train on it. The data is
-    regenerated when the generation arguments differ from those recorded in ``root/synth.json``.
+    regenerated when the generation arguments differ from those recorded in ``root/synth.json``. A ``root``
+    that holds other files and no ``synth.json`` (someone's own data) is refused, never overwritten.
     """
 
     def __init__(self, root: str = "data/synthetic", n: int = 600, synth_seed: int = 0, modality: str = "mixed",
@@ -268,17 +287,16 @@ class SyntheticDataModule(GroundingDataModule):
         self.workers = int(workers)
 
     def prepare_data(self) -> None:
-        stamp = os.path.join(self.root, "synth.json")
-        if os.path.isfile(stamp) and all(os.path.isfile(f) for f in list(self.files.values())[:3]):
-            with open(stamp, encoding="utf-8") as fh:
-                if json.load(fh) == self.synth:
-                    return
-        from medloc_lightning.data.synth import SynthConfig, generate
+        from medloc_lightning.data.synth import SynthConfig, generate, read_stamp, stamp_args
 
         args = dict(self.synth)
-        counts = generate(self.root, config=SynthConfig.preset(args.pop("preset")), workers=self.workers, **args)
-        with open(stamp, "w", encoding="utf-8") as fh:
-            json.dump(self.synth, fh)
+        config = SynthConfig.preset(args.pop("preset"))
+        wanted = {"status": "complete", "args": stamp_args(config=config, **args)}
+        stamp = read_stamp(self.root)
+        if stamp is not None and all(stamp.get(k) == v for k, v in wanted.items()) and all(
+                os.path.isfile(f) for f in list(self.files.values())[:3]):
+            return
+        counts = generate(self.root, config=config, workers=self.workers, **args)  # refuses folders it did not make
         log.info("generated synthetic data in %s: %s", self.root, counts)
 
     def setup(self, stage: str | None = None) -> None:

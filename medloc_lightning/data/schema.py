@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
@@ -17,7 +18,12 @@ from medloc_lightning.data.images import verify_image
 
 REQUIRED_FIELDS = ("id", "image", "query", "bbox", "width", "height")
 OPTIONAL_FIELDS = ("dataset", "modality", "label")
+EXTRA_FIELDS = ("distractors",)
+"""Known fields the trainer does not read (``medloc-data synth`` writes the other structures' boxes)."""
 BBOX_TOLERANCE = 1.0  # px a box may stick out of the image (rounding in annotation tools)
+MAX_IMAGE_SIDE = 1_000_000
+"""Largest accepted ``width``/``height`` in px: far above any real scan (whole-slide images reach ~200k),
+so a larger value is a typo or an overflow, caught here rather than as an opaque error downstream."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,12 @@ def check_bbox(bbox: Any, width: int | None, height: int | None) -> str | None:
     """
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         return f"must be an array of 4 numbers [x1, y1, x2, y2], got {json.dumps(bbox)[:80]}"
-    x1, y1, x2, y2 = (float(v) for v in bbox)
+    try:
+        x1, y1, x2, y2 = (float(v) for v in bbox)
+    except OverflowError:
+        return f"coordinate too large for a float: {json.dumps(bbox)[:80]}"
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        return f"non-finite coordinate in {bbox}"
+        return f"non-finite coordinate in {json.dumps(bbox)[:80]}"
     for lo, hi, axis in ((x1, x2, "x"), (y1, y2, "y")):
         if hi < lo:
             return f"inverted box: {axis}2={hi:g} < {axis}1={lo:g}"
@@ -126,8 +135,8 @@ def check_fields(obj: Any, file: str, line: int, require_bbox: bool = True) -> l
             bad(key, "missing")
         elif not _is_int(obj[key]):
             bad(key, f"must be an integer, got {_type_name(obj[key])} {json.dumps(obj[key])[:40]}")
-        elif obj[key] <= 0:
-            bad(key, f"must be positive, got {obj[key]}")
+        elif not 0 < obj[key] <= MAX_IMAGE_SIDE:
+            bad(key, f"must be a size in pixels, 1 to {MAX_IMAGE_SIDE}, got {json.dumps(obj[key])[:40]}")
         else:
             size[key] = obj[key]
     if "bbox" not in obj:
@@ -148,11 +157,42 @@ def resolve_image(image: str, base_dir: str) -> str:
     return image if os.path.isabs(image) else os.path.normpath(os.path.join(base_dir, image))
 
 
-def _to_record(obj: dict[str, Any], line: int, base_dir: str) -> Record:
+class _Root:
+    """Whether image paths resolve (symlinks followed) inside a dataset root; folders' real paths are cached."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self._folders: dict[str, str] = {}
+
+    def contains(self, path: str) -> bool:
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        real = os.path.realpath(path) if os.path.islink(path) else os.path.join(self._folders[folder],
+                                                                                 os.path.basename(path))
+        return os.path.commonpath([self.root, real]) == self.root
+
+
+def _to_record(obj: dict[str, Any], line: int, path: str) -> Record:
     bbox = None if obj.get("bbox") is None else tuple(float(v) for v in obj["bbox"])
-    return Record(line=line, id=obj["id"], image=resolve_image(obj["image"], base_dir), query=obj["query"],
+    return Record(line=line, id=obj["id"], image=path, query=obj["query"],
                   bbox=bbox, width=obj["width"], height=obj["height"],  # type: ignore[arg-type]
                   dataset=obj.get("dataset"), modality=obj.get("modality"), label=obj.get("label"))
+
+
+def _parse_json(raw: bytes) -> tuple[Any, list[str]]:
+    """The JSON value of one line and the keys repeated inside any of its objects."""
+    repeated: list[str] = []
+
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                repeated.append(key)
+            obj[key] = value
+        return obj
+
+    return json.loads(raw.rstrip(b"\r\n").decode("utf-8"), object_pairs_hook=pairs_to_dict), repeated
 
 
 def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -190,35 +230,62 @@ def check_record_images(records: Sequence[Record], file: str, workers: int | Non
 
 
 def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None, check_images: bool = True,
-                 max_records: int | None = None, require_bbox: bool = True) -> tuple[list[Record], list[Problem]]:
+                 max_records: int | None = None, require_bbox: bool = True,
+                 allow_outside_root: bool = False) -> tuple[list[Record], list[Problem]]:
     """Parse and check a JSONL record file: ``(valid records, problems)``, both in line order.
 
     ``require_bbox=False`` reads records to predict on, where ``bbox`` may be missing (see `check_fields`).
+    Image paths must resolve (symlinks followed) inside the dataset root, ``image_root`` or else the file's
+    folder, unless ``allow_outside_root=True``.
 
-    Blank lines are ignored. A record with any problem (including a repeated ``id``) is left out of the
-    valid list. ``max_records`` reads only the first N non-blank lines. Raises ``FileNotFoundError``
+    Blank lines are ignored; a file without any record is a problem. A record with any problem (including a
+    repeated ``id`` or a key given twice) is left out of the valid list. Unknown keys are ignored with one
+    warning per file. ``max_records`` reads only the first N non-blank lines. Raises ``FileNotFoundError``
     if the file itself is missing.
     """
     file = os.fspath(path)
     base_dir = os.path.abspath(image_root if image_root is not None else os.path.dirname(os.path.abspath(file)))
+    root = None if allow_outside_root else _Root(base_dir)
     records: list[Record] = []
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
+    warned_unknown = False
+    seen_any = False
     for count, (line, raw) in enumerate(_iter_lines(file)):
+        seen_any = True
         if max_records is not None and count >= max_records:
             break
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj, repeated = _parse_json(raw)
         except UnicodeDecodeError as err:
             problems.append(Problem(file, line, "json", f"not valid UTF-8: {err}"))
             continue
         except json.JSONDecodeError as err:
-            problems.append(Problem(file, line, "json", f"invalid JSON: {err.msg} at column {err.colno}"))
+            reason = f"invalid JSON: {err.msg.removesuffix(' at')} at column {err.colno}"  # msg may end in "at"
+            problems.append(Problem(file, line, "json", reason))
             continue
         except RecursionError:
             problems.append(Problem(file, line, "json", "invalid JSON: nested too deeply"))
             continue
-        found = check_fields(obj, file, line, require_bbox)
+        except ValueError as err:  # e.g. an integer literal longer than Python converts
+            problems.append(Problem(file, line, "json", f"invalid JSON: {str(err)[:120]}"))
+            continue
+        found = [Problem(file, line, key, "given twice in this record (JSON would keep only the last value)")
+                 for key in dict.fromkeys(repeated)]
+        found += check_fields(obj, file, line, require_bbox)
+        if isinstance(obj, dict) and not warned_unknown:
+            unknown = [k for k in obj if k not in REQUIRED_FIELDS + OPTIONAL_FIELDS + EXTRA_FIELDS]
+            if unknown:
+                warned_unknown = True
+                warnings.warn(f"{file}:{line}: unknown field(s) {', '.join(map(repr, unknown))} ignored (known: "
+                              f"{', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}); later unknown fields in this file "
+                              f"are not reported", UserWarning, stacklevel=2)
+        image = None
+        if not found:
+            image = resolve_image(obj["image"], base_dir)
+            if root is not None and not root.contains(image):
+                found.append(Problem(file, line, "image", f"outside the dataset root {root.root}: {obj['image']!r} "
+                                                          f"(allow_outside_root / --allow-outside-root permits it)"))
         if not found:
             if obj["id"] in first_line:
                 found = [Problem(file, line, "id", f"duplicate id {obj['id']!r} (first at line {first_line[obj['id']]})")]
@@ -227,7 +294,9 @@ def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None =
         if found:
             problems.extend(found)
         else:
-            records.append(_to_record(obj, line, base_dir))
+            records.append(_to_record(obj, line, image))  # type: ignore[arg-type]
+    if not seen_any:
+        problems.append(Problem(file, 0, "file", "holds no records (the file is empty)"))
     if check_images and records:
         image_problems = check_record_images(records, file)
         if image_problems:
@@ -238,10 +307,12 @@ def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None =
 
 
 def validate_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                     check_images: bool = True, require_bbox: bool = True) -> list[Problem]:
+                     check_images: bool = True, require_bbox: bool = True,
+                     allow_outside_root: bool = False) -> list[Problem]:
     """All problems of a JSONL record file (empty list = valid). A missing file is one problem at line 0."""
     try:
-        return read_records(path, image_root=image_root, check_images=check_images, require_bbox=require_bbox)[1]
+        return read_records(path, image_root=image_root, check_images=check_images, require_bbox=require_bbox,
+                            allow_outside_root=allow_outside_root)[1]
     except FileNotFoundError:
         return [Problem(os.fspath(path), 0, "file", "not found")]
 
@@ -272,6 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check the metadata only (no image file is opened)")
     parser.add_argument("--unlabelled", action="store_true",
                         help="records to predict on: 'bbox' may be missing or null (checked when present)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept image paths that resolve outside the dataset root (the JSONL folder or "
+                             "--image-root), e.g. absolute paths or '..' (refused by default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,10 +354,15 @@ def run(args: argparse.Namespace) -> int:
     seen: dict[str, tuple[str, int]] = {}
     for file in args.files:
         try:
-            records, problems = read_records(file, image_root=args.image_root, check_images=not args.no_images,
-                                             require_bbox=not args.unlabelled)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                records, problems = read_records(file, image_root=args.image_root, check_images=not args.no_images,
+                                                 require_bbox=not args.unlabelled,
+                                                 allow_outside_root=args.allow_outside_root)
         except FileNotFoundError:
-            records, problems = [], [Problem(file, 0, "file", "not found")]
+            records, problems, caught = [], [Problem(file, 0, "file", "not found")], []
+        for warning in caught:
+            print(f"warning: {warning.message}")
         n_checked = len(records) + count_bad_records(p for p in problems if p.line > 0)
         for record in records:
             if record.id in seen and seen[record.id][0] != file:

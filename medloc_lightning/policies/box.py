@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from medloc_lightning.checkpoints import load_checkpoint
 from medloc_lightning.parsing import format_answer
 from medloc_lightning.policies.base import (GroundingPolicy, Record, Rollout, describe_record, gt_boxes,
                                             record_image, record_size)
@@ -289,7 +290,7 @@ class BoxPolicy(GroundingPolicy):
             raise ValueError(f"{config_path}: field 'version' is {meta.get('version')!r}; this BoxPolicy reads "
                              f"version {EXPORT_VERSION} only (re-train and re-export older policies)")
         policy = cls(**meta["config"])
-        state = torch.load(os.path.join(directory, WEIGHTS_FILE), map_location=map_location, weights_only=True)
+        state = load_checkpoint(os.path.join(directory, WEIGHTS_FILE), map_location=map_location)
         policy.load_state_dict(state)
         return policy.to(map_location)
 

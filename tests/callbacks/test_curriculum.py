@@ -13,7 +13,7 @@ import torch
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from medloc_lightning import ThresholdCurriculumCallback
-from medloc_lightning.curriculum import FixedThreshold, ProgressSchedule, ThresholdCurriculum
+from medloc_lightning.curriculum import CurriculumMismatchError, FixedThreshold, ProgressSchedule, ThresholdCurriculum
 
 from toy_modules import GaussianBoxRL, ScriptedIoUs, ScriptedModule, dummy_loader, scripted_loader
 
@@ -111,6 +111,26 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     assert resumed.seen_taus[0] == 0.45
     assert resumed_cb.schedule.state_dict() == full_cb.schedule.state_dict()
     assert torch.equal(resumed.w, full.w)
+
+
+def _resume(root, schedule, ckpt_path, **kw):
+    cb = ThresholdCurriculumCallback(schedule, **kw)
+    module = ScriptedModule()
+    trainer(root, 12, [cb]).fit(module, scripted_loader(6), ckpt_path=ckpt_path, weights_only=True)
+    return module
+
+
+def test_resuming_under_another_schedule_fails_unless_reset_is_asked_for(tmp_path):
+    _fit(tmp_path / "full", 12)
+    ckpt_path = tmp_path / "full" / "ckpt" / "step=6.ckpt"
+    with pytest.raises(CurriculumMismatchError, match="saved by a ThresholdCurriculum, the configured schedule is a "
+                                                      "FixedThreshold"):
+        _resume(tmp_path / "a", FixedThreshold(0.5, window=4), ckpt_path)
+    with pytest.raises(CurriculumMismatchError, match="tau_target: saved 0.8, configured 0.5"):
+        _resume(tmp_path / "b", ThresholdCurriculum(window=4, tau_target=0.5), ckpt_path)
+    with pytest.warns(UserWarning, match="reset_on_mismatch=True: the configured schedule starts afresh at tau = 0.5"):
+        module = _resume(tmp_path / "c", FixedThreshold(0.5, window=4), ckpt_path, reset_on_mismatch=True)
+    assert module.seen_taus == [0.5] * 6
 
 
 def test_fixed_threshold_baseline_plugs_in(tmp_path):

@@ -51,3 +51,12 @@ def test_interval_schedule_validation():
         IntervalSchedule(every=0)
     with pytest.raises(ValueError, match="tau_start"):
         IntervalSchedule(every=2, tau_start=0.9, tau_target=0.8)
+
+
+@pytest.mark.parametrize("schedule,tau,match", [
+    (ProgressSchedule([(0.5, 0.3), (1.0, 0.6)]), 0.45, r"none of the milestones' taus \[0.3, 0.6\]"),
+    (IntervalSchedule(every=3, tau_start=0.3, tau_target=0.8), 0.9, r"outside \[0.3, 0.8\]"),
+])
+def test_a_saved_tau_the_schedule_cannot_reach_is_refused(schedule, tau, match):
+    with pytest.raises(ValueError, match=match):
+        schedule.load_state_dict({**schedule.state_dict(), "tau": tau})

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medloc_lightning.curriculum import PiecewiseStep, ThresholdCurriculum
+from medloc_lightning.curriculum import (CurriculumMismatchError, FixedThreshold, PiecewiseStep, ProgressSchedule,
+                                       ThresholdCurriculum)
 
 
 def make(**kw):
@@ -263,3 +264,92 @@ def test_state_dict_round_trip_continues_identically():
 def test_state_dict_rejects_a_different_window():
     with pytest.raises(ValueError, match="window"):
         ThresholdCurriculum(window=10).load_state_dict(ThresholdCurriculum(window=30).state_dict())
+
+
+# --- resume: a saved state is checked whole against the configured schedule --------------------------------
+
+def _trained(**kw):
+    c = ThresholdCurriculum(window=4, **kw)
+    for ious in _stream(1, 40):
+        c.observe(ious)
+    assert c.num_raises >= 1 and c.tau > 0.3
+    return c
+
+
+def test_state_saves_the_kind_and_settings_as_plain_containers():
+    state = _trained().state_dict()
+    assert state["kind"] == "ThresholdCurriculum"
+    assert state["settings"] == {"tau_start": 0.3, "tau_target": 0.8, "window": 4,
+                                 "step": {"kind": "PiecewiseStep", "steps": [0.15, 0.10, 0.05]},
+                                 "min_hit_rate": [0.8, 0.6], "max_reward_std": [0.1, 0.2], "min_margin": 0.1,
+                                 "refresh": 0.5, "checks": ["accuracy", "stability", "margin"]}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True) == state
+
+
+@pytest.mark.parametrize("other,match", [
+    (FixedThreshold(0.5, window=4), "saved by a ThresholdCurriculum, the configured schedule is a FixedThreshold"),
+    (ThresholdCurriculum(window=4, tau_target=0.5), "tau_target: saved 0.8, configured 0.5"),
+    (ThresholdCurriculum(window=4, step=PiecewiseStep((0.1,))), "step: saved"),
+    (ThresholdCurriculum(window=5), "window: saved 4, configured 5"),
+])
+def test_a_state_from_another_schedule_is_refused(other, match):
+    before = other.state_dict()
+    with pytest.raises(CurriculumMismatchError, match=match):
+        other.load_state_dict(_trained().state_dict())
+    assert other.state_dict() == before
+
+
+def test_a_state_without_settings_or_with_unknown_settings_still_loads():
+    a = _trained()
+    state = a.state_dict()
+    legacy = {k: v for k, v in state.items() if k not in ("kind", "settings")}  # written before settings were saved
+    newer = {**state, "settings": {**state["settings"], "a_future_option": 1}}  # a setting this version lacks
+    for saved in (legacy, newer):
+        b = ThresholdCurriculum(window=4)
+        b.load_state_dict(saved)
+        assert b.stats == a.stats
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"tau": float("nan")}, "tau nan must be an IoU threshold"),
+    ({"tau": 0.9}, "tau 0.9 lies outside"),
+    ({"steps": [[5.0, -3.0]]}, r"window step 0: ious must lie in \[0, 1\]"),
+    ({"steps": [[0.5], []]}, "window step 1: ious is empty"),
+    ({"steps": [[0.5]] * 5}, "5 window steps for a window of 4"),
+    ({"steps": [[float("nan")]]}, "window step 0: ious contains NaN"),
+    ({"num_raises": -1}, "num_raises -1"),
+])
+def test_a_corrupt_state_is_refused_and_changes_nothing(change, match):
+    c = make()
+    c.observe([0.4])
+    before = c.state_dict()
+    with pytest.raises(ValueError, match=match):
+        c.load_state_dict({**_trained().state_dict(), **change})
+    assert c.state_dict() == before
+
+
+def test_a_failed_observe_records_nothing():
+    class ZeroStep(PiecewiseStep):
+        def __call__(self, num_raises, progress):
+            return 0.0
+
+    c = make(step=ZeroStep(), min_hit_rate=0.0, max_reward_std=1.0, min_margin=0.0)
+    for _ in range(3):
+        c.observe([0.9])
+    before = c.state_dict()
+    with pytest.raises(ValueError, match="non-positive step"):
+        c.observe([0.9])  # fills the window, then the step schedule fails
+    assert c.state_dict() == before and c.num_steps == 3
+
+
+def test_a_bad_progress_is_refused_before_anything_changes():
+    p = ProgressSchedule([(0.5, 0.2), (1.0, 0.7)], window=4)
+    for bad in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="progress must be the fraction of training done"):
+            p.observe([0.5], progress=bad)
+    with pytest.raises(ValueError, match="needs progress"):
+        p.observe([0.5])
+    assert p.tau == 0.2 and p.num_steps == 0 and p.stats["window_fill"] == 0

@@ -1,7 +1,7 @@
-"""Shared converter plumbing: seeded grouped splits, path writing, the skip report and --strict."""
+"""Shared converter plumbing: seeded grouped splits, path writing, the skip report, --strict, and an --out that is
+never overwritten by accident."""
 from __future__ import annotations
 
-import argparse
 import os
 import random
 
@@ -10,8 +10,8 @@ from datatest_helpers import make_image, read_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, assign_splits, clip_to_image, finish,
-                                                     output_image_path, phrase, split_groups)
+from medloc_lightning.data.converters.common import (ConversionError, Item, NothingWritten, Output, Skip, assign_splits,
+                                                     clip_to_image, output_image_path, phrase, run_cli, split_groups)
 
 
 @settings(max_examples=60, deadline=None)
@@ -69,8 +69,8 @@ def test_phrase_is_stable_and_varied():
     assert len({phrase(f"k{i}", templates, x="1") for i in range(30)}) == 3
 
 
-def _args(out, **kw):
-    return argparse.Namespace(out=str(out), seed=0, val_ratio=0.0, test_ratio=0.0, strict=False, absolute_paths=False, **kw)
+def _output(out, **kw):
+    return Output(out, "test", [], **kw)
 
 
 def _item(tmp_path, rid, **kw):
@@ -80,37 +80,67 @@ def _item(tmp_path, rid, **kw):
     return Item(rec, group=rid)
 
 
-def test_finish_writes_all_three_files_even_when_empty(tmp_path, capsys):
+def test_write_writes_all_three_files_even_when_empty(tmp_path, capsys):
     out = tmp_path / "out"
-    assert finish(_args(out), [_item(tmp_path, "a")], []) == 0
+    report = _output(out).write([_item(tmp_path, "a")], [])
+    assert report.counts == {"train": 1, "val": 0, "test": 0} and report.skips == []
     assert [len(read_jsonl(out / f"{s}.jsonl")) for s in ("train", "val", "test")] == [1, 0, 0]
     assert read_jsonl(out / "train.jsonl")[0]["image"] == os.path.join("..", "src", "a.png")
+    assert any("image paths lead outside" in note for note in report.notes)
+    assert run_cli(lambda: report) == 0
     assert "train: 1  val: 0  test: 0  skipped: 0" in capsys.readouterr().out
 
 
-def test_finish_reports_skips_and_strict_writes_nothing(tmp_path, capsys):
+def test_write_reports_skips_and_strict_writes_nothing(tmp_path, capsys):
     items = [_item(tmp_path, "a"), _item(tmp_path, "a"), _item(tmp_path, "b", bbox=[5.0, 1.0, 2.0, 3.0])]
     skips = [Skip("/data/x.png", "no mask")]
-    assert finish(_strict(tmp_path / "strict"), items, skips) == 1
+    assert run_cli(lambda: _output(tmp_path / "strict", strict=True).write(items, skips)) == 1
     assert not (tmp_path / "strict").exists()
     err = capsys.readouterr().err
     assert "skipped /data/x.png: no mask" in err
     assert "duplicate id 'a'" in err and "bbox: inverted box" in err
-    assert finish(_args(tmp_path / "lax"), items, skips) == 0
-    assert [r["id"] for r in read_jsonl(tmp_path / "lax" / "train.jsonl")] == ["a"]
+    assert "medloc-data: error: 3 items could not be converted (listed above); --strict: nothing written" in err
+    report = _output(tmp_path / "lax").write(items, skips)
+    assert [r["id"] for r in read_jsonl(tmp_path / "lax" / "train.jsonl")] == ["a"] and len(report.skips) == 3
 
 
-def _strict(out):
-    args = _args(out)
-    args.strict = True
-    return args
-
-
-def test_finish_refuses_to_overwrite_an_input(tmp_path):
+def test_output_refuses_to_overwrite_an_input(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     source = out / "train.jsonl"
     source.write_text("{}\n")
     with pytest.raises(ConversionError, match="would overwrite the input"):
-        finish(_args(out), [], [], inputs=[str(source)])
+        Output(out, "test", [str(source)])
     assert source.read_text() == "{}\n"
+
+
+def _users_records(out):
+    out.mkdir(parents=True)
+    for name in ("train", "val", "test"):
+        (out / f"{name}.jsonl").write_text(f'{{"id": "{name}-good"}}\n')
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_nothing_to_write_leaves_a_previous_output_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    _output(out).write([_item(tmp_path, "a")], [])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(NothingWritten, match="every item was skipped"):
+        _output(out).write([], [Skip("/data/x.png", "empty mask")])
+    assert run_cli(lambda: _output(out).write([_item(tmp_path, "b", bbox=[5.0, 1.0, 2.0, 3.0])], [])) == 1
+    assert "skipped" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_out_holding_another_sources_records_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    before = _users_records(out)  # written by hand: no medloc-data.json
+    with pytest.raises(ConversionError, match="that no converter wrote .*refusing to overwrite them"):
+        _output(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    _output(out, overwrite=True).write([_item(tmp_path, "a")], [])
+    Output(out, "test", []).write([_item(tmp_path, "a")], [])  # the same source again: replaced
+    with pytest.raises(ConversionError, match="holds the records of `medloc-data test`"):
+        Output(out, "coco", [])  # another converter
+    with pytest.raises(ConversionError, match="holds the records of `medloc-data test`"):
+        Output(out, "test", [str(tmp_path / "src")])  # other inputs

@@ -179,9 +179,12 @@ def test_max_records_and_empty_files(data):
     dm.setup()
     assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [4, 4, 3]
     write_jsonl(data / "empty.jsonl", [])
-    empty = GroundingDataModule(predict_file=str(data / "empty.jsonl"))
-    empty.setup("predict")
-    assert len(empty.datasets["predict"]) == 0
+    for split in ("train", "predict"):  # an empty file is an error: `fit` would otherwise end with "no batches", exit 0
+        with pytest.raises(ValueError, match=r"empty.jsonl:0: file: holds no records"):
+            GroundingDataModule(**{f"{split}_file": str(data / "empty.jsonl")}).setup()
+    write_jsonl(data / "bad.jsonl", [{"id": "x"}])
+    with pytest.raises(ValueError, match=r"train_file .*bad.jsonl: no valid record \(1 invalid skipped\)"):
+        GroundingDataModule(train_file=str(data / "bad.jsonl"), skip_invalid=True).setup()
 
 
 def test_no_hf_cache_or_temp_files_are_left_behind(data, monkeypatch):
@@ -313,3 +316,40 @@ def test_trainer_predict_on_unlabelled_records_writes_boxes_without_iou(data):
     assert [r["id"] for r in rows] == ["u1", "u3"]
     assert all(r["bbox"] == [1.0, 2.0, 5.0, 6.0] for r in rows)
     assert "iou" not in rows[0] and 0.0 < rows[1]["iou"] < 1.0
+
+
+def _grpo_run(data, root, max_steps, ckpt_path=None):
+    """GRPO on BoxPolicy under the curriculum; ``last.ckpt`` is written when the run stops at ``max_steps``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from medloc_lightning import ThresholdCurriculumCallback
+    from medloc_lightning.curriculum import ThresholdCurriculum
+    from medloc_lightning.module import GRPOGroundingModule
+    from medloc_lightning.policies import BoxPolicy
+
+    pl.seed_everything(0)
+    policy = BoxPolicy(image_size=32, channels=8, query_dim=16, vocab_buckets=64)
+    module = GRPOGroundingModule(policy, num_generations=4, learning_rate=1e-2)
+    curriculum = ThresholdCurriculumCallback(ThresholdCurriculum(window=4, max_reward_std=1.0, checks=("stability",)))
+    # (raises at every full window: the resumed window and tau are exercised)
+    saver = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, enable_version_counter=False)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[curriculum, saver])
+    dm = GroundingDataModule(train_file=str(data / "train.jsonl"), batch_size=5, seed=3)  # 3 batches an epoch
+    trainer.fit(module, dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return module, trainer, curriculum
+
+
+def test_extending_a_finished_run_equals_the_uninterrupted_run_bit_for_bit(data, tmp_path):
+    # 20 steps end mid-epoch (epoch 6, batch 2 of 3); the run is then extended to 40
+    full, full_trainer, full_cb = _grpo_run(data, tmp_path / "full", 40)
+    _grpo_run(data, tmp_path / "first", 20)
+    resumed, resumed_trainer, resumed_cb = _grpo_run(data, tmp_path / "second", 40, tmp_path / "first" / "last.ckpt")
+    assert resumed_trainer.global_step == full_trainer.global_step == 40
+    assert full_cb.schedule.num_raises >= 2 and resumed_cb.schedule.state_dict() == full_cb.schedule.state_dict()
+    for name, tensor in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+    ours, theirs = resumed_trainer.optimizers[0].state_dict(), full_trainer.optimizers[0].state_dict()
+    for i, state in theirs["state"].items():
+        for key, value in state.items():
+            assert torch.equal(ours["state"][i][key], value), (i, key)

@@ -77,3 +77,39 @@ def test_same_folder_needs_a_suffix(tmp_path, capsys):
     code = main(["masks", "--images", str(tmp_path / "data"), "--masks", str(tmp_path / "data"), "--query", "q",
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "give --mask-suffix" in capsys.readouterr().err
+
+
+def _bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_typed_function_writes_what_the_command_writes(tree, tmp_path):
+    from medloc_lightning.data.converters import convert_masks
+
+    assert _run(tree, tmp_path / "cli") == 0
+    report = convert_masks(tree / "images", tree / "masks", "the calcaneus", tmp_path / "api", mask_suffix="_mask",
+                           val_ratio=0.0, test_ratio=0.0)
+    assert report.counts == {"train": 3, "val": 0, "test": 0} and len(report.skips) == 2
+    assert _bytes(tmp_path / "api")["train.jsonl"] == _bytes(tmp_path / "cli")["train.jsonl"]
+
+
+def test_a_users_files_are_left_byte_identical_by_every_refused_call(tree, tmp_path, capsys):
+    mine = tmp_path / "mine"  # the user's own records: no converter wrote them
+    mine.mkdir()
+    for name in ("train", "val", "test"):
+        (mine / f"{name}.jsonl").write_text(f'{{"id": "{name}-mine"}}\n')
+    mine_before = _bytes(mine)
+    assert _run(tree, mine) == 2  # another source's data in --out
+    assert "no converter wrote" in capsys.readouterr().err
+    assert _bytes(mine) == mine_before
+
+    good = tmp_path / "good"  # a previous good conversion ...
+    assert _run(tree, good) == 0
+    before = _bytes(good)
+    for name in BLOBS:  # ... then every mask goes empty: every item is skipped
+        make_mask(tree / "masks" / f"{name}_mask.png", SIZE, [])
+    assert _run(tree, good) == 1
+    assert "medloc-data: error: nothing to write: every item was skipped" in capsys.readouterr().err
+    assert _bytes(good) == before
+    assert _run(tree, mine, "--overwrite") == 1  # the opt-in does not make an empty conversion write either
+    assert _bytes(mine) == mine_before

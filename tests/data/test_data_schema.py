@@ -55,7 +55,17 @@ BAD_LINES = [
     ({**record("x", "img/a.png"), "query": "  "}, "query", "must not be empty"),
     ({**record("x", "img/a.png"), "width": 40.0}, "width", "must be an integer"),
     ({**record("x", "img/a.png"), "height": True}, "height", "must be an integer"),
-    ({**record("x", "img/a.png"), "width": 0}, "width", "must be positive"),
+    ({**record("x", "img/a.png"), "width": 0}, "width", "must be a size in pixels, 1 to 1000000, got 0"),
+    ({**record("x", "img/a.png"), "width": 10 ** 400}, "width", "must be a size in pixels, 1 to 1000000, got 1000"),
+    ({**record("x", "img/a.png"), "height": 10 ** 30}, "height", "must be a size in pixels"),
+    ({**record("x", "img/a.png"), "bbox": [1, 2, 10 ** 400, 4]}, "bbox", "coordinate too large for a float"),
+    ('{"id": "x", "image": "img/a.png", "query": "q", "bbox": [1, 2, 3, 4], "width": 1' + "0" * 5000 + ', "height": 30}',
+     "json", "invalid JSON"),
+    ('{"id": "x", "image": "img/a.p', "json", "invalid JSON: Unterminated string starting at column 22"),
+    ('{"id": "x", "id": "y", "image": "img/a.png", "query": "q", "bbox": [1, 2, 3, 4], "width": 40, "height": 30}',
+     "id", "given twice in this record"),
+    (record("x", "../../../../../../../../etc/passwd"), "image", "outside the dataset root"),
+    (record("x", "/etc/passwd"), "image", "outside the dataset root"),
     ({**record("x", "img/a.png"), "bbox": "1,2,3,4"}, "bbox", "array of 4 numbers"),
     ({**record("x", "img/a.png"), "bbox": [1, 2, 3]}, "bbox", "array of 4 numbers"),
     ('{"id": "x", "image": "img/a.png", "query": "q", "bbox": [1, NaN, 3, 4], "width": 40, "height": 30}',
@@ -81,6 +91,60 @@ def test_each_problem_names_file_line_and_field(images, line, field, reason):
     assert (problem.file, problem.line, problem.field) == (str(path), 2, field)
     assert reason in problem.reason
     assert str(problem).startswith(f"{path}:2: {field}: ")
+
+
+@pytest.mark.parametrize("bad", [{"width": 10 ** 400}, {"bbox": [1, 2, 10 ** 400, 4]}, {"height": 10 ** 30}])
+def test_huge_numbers_are_problems_and_the_rest_of_the_file_is_still_checked(images, bad):
+    from medloc_lightning.data import GroundingDataModule
+
+    lines = [record("a", "img/a.png"), {**record("b", "img/a.png"), **bad}, record("c", "img/a.png", size=(41, 30))]
+    path = write_jsonl(images / "x.jsonl", lines)
+    for check_images in (True, False):
+        problems = validate_records(path, check_images=check_images)
+        assert [p.line for p in problems] == ([2, 3] if check_images else [2])
+    with pytest.warns(UserWarning, match="skipping invalid records"):
+        dm = GroundingDataModule(train_file=str(path), skip_invalid=True, check_images=False)
+        dm.setup("fit")
+    assert len(dm.datasets["train"]) == 2 and dm.skipped["train"] == 1
+
+
+def test_json_errors_say_at_column_once(images):
+    path = write_jsonl(images / "x.jsonl", ['{"id": "x", "image": "img/a.p'])
+    (problem,) = validate_records(path)
+    assert problem.reason == "invalid JSON: Unterminated string starting at column 22"  # not "at at column"
+
+
+def test_unknown_keys_warn_once_per_file_with_the_line(images):
+    lines = [record("a", "img/a.png"), {**record("b", "img/a.png"), "lable": "mel"}, {**record("c", "img/a.png"), "x": 1}]
+    path = write_jsonl(images / "x.jsonl", lines)
+    with pytest.warns(UserWarning) as caught:
+        records, problems = read_records(path)
+    messages = [str(w.message) for w in caught if "unknown field" in str(w.message)]
+    assert len(messages) == 1 and messages[0].startswith(f"{path}:2: unknown field(s) 'lable' ignored")
+    assert problems == [] and len(records) == 3
+
+
+def test_paths_outside_the_dataset_root_need_an_explicit_opt_in(images, tmp_path):
+    outside = make_image(tmp_path.parent / f"{tmp_path.name}-outside" / "o.png", (40, 30))
+    (images / "img" / "link.png").symlink_to(outside)  # a symlink inside the root that points out of it
+    lines = [record("a", "img/a.png"), record("b", str(outside)), record("c", "img/link.png"),
+             record("d", f"../{outside.parent.name}/o.png")]
+    path = write_jsonl(images / "x.jsonl", lines)
+    problems = validate_records(path)
+    assert [(p.line, p.field) for p in problems] == [(2, "image"), (3, "image"), (4, "image")]
+    assert all(p.reason.startswith(f"outside the dataset root {os.path.realpath(images)}") for p in problems)
+    assert validate_records(path, allow_outside_root=True) == []
+    assert main(["validate", str(path)]) == 1
+    assert main(["validate", "--allow-outside-root", str(path)]) == 0
+
+
+def test_an_empty_file_is_a_problem_naming_the_file(tmp_path, capsys):
+    for content in ("", "\n \n"):
+        path = tmp_path / "empty.jsonl"
+        path.write_text(content)
+        assert [str(p) for p in validate_records(path)] == [f"{path}:0: file: holds no records (the file is empty)"]
+        assert main(["validate", str(path)]) == 1
+        assert f"{path}:0: file: holds no records" in capsys.readouterr().out
 
 
 def test_box_within_one_pixel_tolerance_is_accepted(images):

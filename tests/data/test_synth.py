@@ -228,7 +228,7 @@ def test_same_seed_gives_identical_bytes_whatever_the_worker_count(tmp_path):
     generate(tmp_path / "a", n=9, seed=11, size=80)
     generate(tmp_path / "b", n=9, seed=11, size=80, workers=2)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(a) == 9 + 3 and a == b
+    assert len(a) == 9 + 3 + 1 and a == b  # images, splits, synth.json
 
 
 def test_different_seed_gives_different_data(tmp_path):
@@ -350,3 +350,44 @@ def test_cli_reports_bad_knobs(tmp_path, capsys):
     assert "structures" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parser().parse_args(["--out", str(tmp_path), "--modality", "mri"])
+
+
+def _users_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"id": "my-own-record"}\n')
+    (folder / "val.jsonl").write_text('{"id": "another"}\n')
+    return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_the_generator_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    from medloc_lightning.data import SyntheticDataModule
+
+    folder, before = _users_folder(tmp_path)
+    with pytest.raises(ValueError, match=f"refusing to write into {folder}: it is not empty and was not made by"):
+        generate(folder, n=3, size=32)
+    assert run(_parser().parse_args(["--out", str(folder), "--n", "3", "--size", "32"])) == 2
+    assert f"refusing to write into {folder}" in capsys.readouterr().err
+    dm = SyntheticDataModule(root=str(folder), n=3, size=32)
+    for call in (dm.prepare_data, lambda: dm.setup("fit")):  # what `fit` runs
+        with pytest.raises(ValueError, match="was not made by the generator"):
+            call()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_the_generator_writes_into_an_empty_folder_or_its_own(tmp_path):
+    from medloc_lightning.data import SyntheticDataModule
+
+    (tmp_path / "empty").mkdir()
+    generate(tmp_path / "empty", n=3, size=32)
+    generate(tmp_path / "empty", n=4, size=32)  # its own folder: regenerated
+    stamp = json.loads((tmp_path / "empty" / "synth.json").read_text())
+    assert stamp["status"] == "complete" and stamp["args"]["n"] == 4
+    dm = SyntheticDataModule(root=str(tmp_path / "dm"), n=10, size=32, preset="easy")
+    dm.prepare_data()
+    train = tmp_path / "dm" / "train.jsonl"
+    written = train.stat().st_mtime_ns
+    dm.prepare_data()  # same arguments: kept
+    assert train.stat().st_mtime_ns == written
+    SyntheticDataModule(root=str(tmp_path / "dm"), n=12, size=32, preset="easy").prepare_data()
+    assert len(train.read_text().splitlines()) == split_counts(12, PRESETS["easy"].splits)["train"]

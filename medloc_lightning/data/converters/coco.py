@@ -15,9 +15,9 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, add_output_arguments,
-                                                     add_record_arguments, clip_to_image, finish, guarded,
-                                                     require_dir, require_file)
+from medloc_lightning.data.converters.common import (ConversionError, ConversionReport, Item, Output, Skip,
+                                                     add_output_arguments, add_record_arguments, clip_to_image,
+                                                     output_options, require_dir, require_file, run_cli)
 from medloc_lightning.data.images import image_size
 
 
@@ -58,28 +58,42 @@ def _image_size_checked(info: dict[str, Any], path: str) -> tuple[tuple[int, int
     return size, ""
 
 
-def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip], list[str]]:
-    """Items (grouped by image), skips and notes."""
-    images_dir = require_dir(args.images, "--images")
-    coco = load_coco(require_file(args.annotations, "--annotations"))
+def convert_coco(images: str | os.PathLike, annotations: str | os.PathLike, out: str | os.PathLike, *,
+                 multi: str = "skip", dataset: str | None = "coco", modality: str | None = None, seed: int = 0,
+                 val_ratio: float = 0.1, test_ratio: float = 0.1, strict: bool = False,
+                 absolute_paths: bool = False, overwrite: bool = False) -> ConversionReport:
+    """Convert COCO detection annotations into ``out/{train,val,test}.jsonl`` with the query "the {category}".
+    Several instances of one category in an image are ambiguous: skipped (``multi="skip"``) or reduced to the
+    largest (``"largest"``); the split is drawn per image.
+
+    Raises :class:`ConversionError` on unusable inputs and :class:`NothingWritten` when nothing is left to write.
+    """
+    if multi not in ("skip", "largest"):
+        raise ConversionError(f"multi must be 'skip' or 'largest', got {multi!r}")
+    annotations = os.fspath(annotations)
+    output = Output(out, "coco", [images, annotations], seed=seed, val_ratio=val_ratio, test_ratio=test_ratio,
+                    strict=strict, absolute_paths=absolute_paths, overwrite=overwrite)
+    images_dir = require_dir(os.fspath(images), "--images")
+    coco = load_coco(require_file(annotations, "--annotations"))
     categories = {c.get("id"): str(c.get("name", "")).replace("_", " ").strip() for c in coco["categories"]
                   if isinstance(c, dict)}
-    images = {i.get("id"): i for i in coco["images"] if isinstance(i, dict)}
+    image_info = {i.get("id"): i for i in coco["images"] if isinstance(i, dict)}
     by_image: dict[Any, dict[Any, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     skips = []
-    where = f"{args.annotations}: annotation"
+    where = f"{annotations}: annotation"
     for ann in coco["annotations"]:
         if not isinstance(ann, dict):
-            skips.append(Skip(f"{args.annotations}", f"annotation is not an object: {ann!r:.60}"))
-        elif ann.get("image_id") not in images:
+            skips.append(Skip(f"{annotations}", f"annotation is not an object: {ann!r:.60}"))
+        elif ann.get("image_id") not in image_info:
             skips.append(Skip(f"{where} {ann.get('id')}", f"unknown image_id {ann.get('image_id')!r}"))
         elif not categories.get(ann.get("category_id")):
             skips.append(Skip(f"{where} {ann.get('id')}", f"unknown or unnamed category_id {ann.get('category_id')!r}"))
         else:
             by_image[ann["image_id"]][ann["category_id"]].append(ann)
+    extra = {k: v for k, v in (("dataset", dataset), ("modality", modality)) if v}
     items = []
     for image_id in sorted(by_image, key=str):
-        info = images[image_id]
+        info = image_info[image_id]
         path = os.path.join(images_dir, str(info.get("file_name", "")))
         size, reason = _image_size_checked(info, path)
         groups = by_image[image_id]
@@ -88,14 +102,15 @@ def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip], list[str]
             skips.append(Skip(path, f"{reason} ({n} annotations not converted)"))
             continue
         for category_id in sorted(groups, key=str):
-            items += _convert_group(args, image_id, path, size, categories[category_id], groups[category_id], skips)
+            items += _convert_group(multi, extra, image_id, path, size, categories[category_id], groups[category_id],
+                                    skips)
     referenced = {a.get("image_id") for a in coco["annotations"] if isinstance(a, dict)}
-    unannotated = sum(image_id not in referenced for image_id in images)
+    unannotated = sum(image_id not in referenced for image_id in image_info)
     notes = [f"{unannotated} images have no annotations (nothing to convert)"] if unannotated else []
-    return items, skips, notes
+    return output.write(items, skips, notes)
 
 
-def _convert_group(args: argparse.Namespace, image_id: Any, path: str, size: tuple[int, int], name: str,
+def _convert_group(multi: str, extra: dict[str, str], image_id: Any, path: str, size: tuple[int, int], name: str,
                    anns: list[dict[str, Any]], skips: list[Skip]) -> list[Item]:
     """The record(s) of one category in one image, following ``--multi``; everything else goes to ``skips``."""
     crowd = [a for a in anns if a.get("iscrowd")]
@@ -115,8 +130,8 @@ def _convert_group(args: argparse.Namespace, image_id: Any, path: str, size: tup
     query = f"the {name}"
     if len(boxes) > 1 or crowd:
         what = f"{len(boxes)} instances" + (" and a crowd region" if crowd else "")
-        if args.multi == "skip" or crowd:
-            why = "; --multi largest cannot rank a crowd region" if crowd and args.multi == "largest" else (
+        if multi == "skip" or crowd:
+            why = "; --multi largest cannot rank a crowd region" if crowd and multi == "largest" else (
                 "; use --multi largest to keep the largest")
             skips += [Skip(f"{path} (annotation {a.get('id')})", f"{what} of '{name}' in one image: "
                            f"the query '{query}' would be ambiguous{why}") for a, _ in boxes]
@@ -127,8 +142,7 @@ def _convert_group(args: argparse.Namespace, image_id: Any, path: str, size: tup
         boxes, query = boxes[:1], f"the largest {name}"
     ann, box = boxes[0]
     record = {"id": f"{image_id}-{ann.get('id')}", "image": path, "query": query, "bbox": box,
-              "width": size[0], "height": size[1], "label": name}
-    record.update({k: v for k, v in (("dataset", args.dataset), ("modality", args.modality)) if v})
+              "width": size[0], "height": size[1], "label": name, **extra}
     return [Item(record, group=str(image_id))]
 
 
@@ -146,8 +160,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert and write; the exit code is that of ``common.finish`` (2 on fatal input errors)."""
-    def body() -> int:
-        items, skips, notes = convert(args)
-        return finish(args, items, skips, inputs=[args.annotations], notes=notes)
-    return guarded(body)
+    """`medloc-data coco`: :func:`convert_coco` with the command-line options."""
+    return run_cli(lambda: convert_coco(args.images, args.annotations, args.out, multi=args.multi,
+                                        dataset=args.dataset, modality=args.modality, **output_options(args)))

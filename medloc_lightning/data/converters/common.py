@@ -1,7 +1,9 @@
-"""Converter plumbing shared by every source: CLI options, seeded grouped splits, skip reports, JSONL writing.
+"""Converter plumbing shared by every source: the output folder, seeded grouped splits, skip reports, CLI glue.
 
-A converter builds :class:`Item` s (one schema record each, image path absolute) and :class:`Skip` s (one per
-thing it could not convert), then hands both to :func:`finish`, which reports, splits and writes.
+A converter is a typed function (``convert_ham10000(images, masks, metadata, out, ...)``). It builds an
+:class:`Output` first (which checks ``out`` before any work), then :class:`Item` s (one schema record each,
+image path absolute) and :class:`Skip` s (one per thing it could not convert), and returns
+``output.write(items, skips)``: a :class:`ConversionReport`. Its CLI subcommand is a thin layer over it.
 """
 from __future__ import annotations
 
@@ -12,18 +14,30 @@ import os
 import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
 
 SPLIT_NAMES = ("train", "val", "test")
+SOURCE_FILE = "medloc-data.json"
+"""Written into ``out`` beside the split files: which converter wrote them, from which inputs."""
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class ConversionError(Exception):
-    """A fatal input problem (missing folder, unreadable metadata): the converter writes nothing, exit 2."""
+class ConversionError(ValueError):
+    """A fatal input problem (missing folder, unreadable metadata, an ``out`` it must not overwrite): the
+    converter writes nothing (`medloc-data` exits 2)."""
+
+
+class NothingWritten(ConversionError):
+    """Skipped items left nothing to write (every item skipped, or any under ``strict``): ``out`` is left as it
+    was (`medloc-data` lists the skips and exits 1)."""
+
+    def __init__(self, message: str, skips: Sequence["Skip"], notes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.skips, self.notes = list(skips), list(notes)
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,8 @@ class Item:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, ratios: bool = True, test_ratio: bool = True) -> None:
-    """``--out``, ``--strict``, ``--absolute-paths`` and (when the split is drawn) ``--seed`` and the ratios."""
+    """``--out``, ``--strict``, ``--absolute-paths``, ``--overwrite`` and (when the split is drawn) ``--seed`` and
+    the ratios; :func:`output_options` turns them into :class:`Output` keywords."""
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for train/val/test.jsonl")
     if ratios:
         parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
@@ -59,6 +74,14 @@ def add_output_arguments(parser: argparse.ArgumentParser, ratios: bool = True, t
                         help="if anything could not be converted, write nothing and exit 1 (default: skip, report, exit 0)")
     parser.add_argument("--absolute-paths", action="store_true",
                         help="write absolute image paths (default: relative to --out)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace split files in --out that another conversion (or you) wrote (refused by default)")
+
+
+def output_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`Output` keywords given on the command line (see :func:`add_output_arguments`)."""
+    keys = ("seed", "val_ratio", "test_ratio", "strict", "absolute_paths", "overwrite")
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 
 def add_record_arguments(parser: argparse.ArgumentParser, dataset: str | None = None) -> None:
@@ -172,42 +195,121 @@ def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def finish(args: argparse.Namespace, items: Sequence[Item], skips: Sequence[Skip], inputs: Sequence[str] = (),
-           notes: Sequence[str] = ()) -> int:
-    """Report skips (stderr), split, write ``train/val/test.jsonl`` (always all three), print counts.
+@dataclass(frozen=True)
+class ConversionReport:
+    """What a conversion wrote: the folder, records per split, what it skipped and why, and notes."""
 
-    Returns 0, or 1 under ``--strict`` when anything was skipped (then nothing is written).
+    out: str
+    counts: dict[str, int]
+    skips: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how a converter writes: ``out`` plus the options every converter shares.
+
+    Checked on creation, before any conversion work: ``out`` must not hold split files from another source
+    (another converter, other inputs, or files no converter wrote) unless ``overwrite``. ``inputs`` (the
+    converter's source folders and files) identify the source and are never overwritten.
     """
-    out = os.path.abspath(args.out)
-    targets = [os.path.join(out, f"{name}.jsonl") for name in SPLIT_NAMES]
-    for target in targets:
-        for source in inputs:
-            if os.path.exists(target) and os.path.exists(source) and os.path.samefile(target, source):
-                raise ConversionError(f"--out {args.out} would overwrite the input {source}")
-    items, bad = _check_items(items)
-    skips = [*skips, *bad]
+
+    out: str | os.PathLike
+    converter: str
+    inputs: Sequence[str | os.PathLike] = ()
+    seed: int = 0
+    val_ratio: float = 0.0
+    test_ratio: float = 0.0
+    strict: bool = False
+    absolute_paths: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        out = os.path.abspath(self.out)
+        for target in self.targets:
+            for source in self.inputs:
+                if os.path.exists(target) and os.path.exists(source) and os.path.samefile(target, source):
+                    raise ConversionError(f"--out {self.out} would overwrite the input {source}")
+        existing = [t for t in self.targets if os.path.exists(t)]
+        if not existing or self.overwrite:
+            return
+        written_by = _read_source(out)
+        if written_by is None:
+            raise ConversionError(
+                f"--out {self.out} already holds {', '.join(os.path.basename(t) for t in existing)} that no converter "
+                f"wrote (no {SOURCE_FILE}): refusing to overwrite them; pass --overwrite or choose another folder")
+        if written_by != self.source:
+            raise ConversionError(
+                f"--out {self.out} holds the records of `medloc-data {written_by.get('converter')}` from "
+                f"{', '.join(map(str, written_by.get('inputs', [])))}: refusing to overwrite them with another "
+                f"source's; pass --overwrite or choose another folder")
+
+    @property
+    def targets(self) -> list[str]:
+        return [os.path.join(os.path.abspath(self.out), f"{name}.jsonl") for name in SPLIT_NAMES]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return {"converter": self.converter, "inputs": [os.path.realpath(p) for p in self.inputs]}
+
+    def write(self, items: Sequence[Item], skips: Sequence[Skip], notes: Sequence[str] = ()) -> ConversionReport:
+        """Check, split and write ``train/val/test.jsonl`` (always all three) and the source file.
+
+        Raises :class:`NothingWritten` (``out`` untouched) when nothing is left to write, or under ``strict``
+        when anything was skipped.
+        """
+        items, bad = _check_items(items)
+        skips, notes = [*skips, *bad], list(notes)
+        if skips and self.strict:
+            raise NothingWritten(f"{len(skips)} items could not be converted (listed above); --strict: nothing "
+                                 f"written", skips, notes)
+        if not items:
+            raise NothingWritten(f"nothing to write: every item was skipped ({len(skips)}, listed above); "
+                                 f"{self.out} left unchanged", skips, notes)
+        splits = assign_splits(items, self.seed, self.val_ratio, self.test_ratio)
+        out = os.path.abspath(self.out)
+        os.makedirs(out, exist_ok=True)
+        outside = 0
+        for name, target in zip(SPLIT_NAMES, self.targets):
+            rows = [{**r, "image": output_image_path(r["image"], out, self.absolute_paths)} for r in splits[name]]
+            outside += sum(os.path.isabs(r["image"]) or r["image"].split(os.sep)[0] == os.pardir for r in rows)
+            write_jsonl(target, rows)
+        counts = {name: len(splits[name]) for name in SPLIT_NAMES}
+        write_jsonl(os.path.join(out, SOURCE_FILE), [{**self.source, "counts": counts}])
+        if outside:
+            notes.append(f"{outside} image paths lead outside {self.out}: training and `medloc-data validate` refuse "
+                         f"them unless allowed (allow_outside_root / --allow-outside-root); an --out that holds the "
+                         f"images avoids this")
+        return ConversionReport(out, counts, skips, notes)
+
+
+def _read_source(out: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(out, SOURCE_FILE), encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return {"converter": found.get("converter"), "inputs": found.get("inputs")} if isinstance(found, dict) else None
+
+
+def print_skips(skips: Sequence[Skip], notes: Sequence[str] = ()) -> None:
+    """One ``skipped PATH: reason`` line per skip and ``note: ...`` per note, on stderr."""
     for skip in skips:
         print(f"skipped {skip}", file=sys.stderr)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if skips and getattr(args, "strict", False):
-        print(f"{len(skips)} items could not be converted (listed above); --strict: nothing written", file=sys.stderr)
-        return 1
-    splits = assign_splits(items, getattr(args, "seed", 0), getattr(args, "val_ratio", 0.0),
-                           getattr(args, "test_ratio", 0.0))
-    os.makedirs(out, exist_ok=True)
-    absolute = getattr(args, "absolute_paths", False)
-    for name, target in zip(SPLIT_NAMES, targets):
-        write_jsonl(target, ({**r, "image": output_image_path(r["image"], out, absolute)} for r in splits[name]))
-    counts = "  ".join(f"{name}: {len(splits[name])}" for name in SPLIT_NAMES)
-    print(f"wrote {out}/{{train,val,test}}.jsonl  {counts}  skipped: {len(skips)}")
-    return 0
 
 
-def guarded(body: Callable[[], int]) -> int:
-    """Run a converter body; a :class:`ConversionError` becomes ``error: ...`` on stderr and exit code 2."""
+def run_cli(convert: Callable[[], ConversionReport]) -> int:
+    """A converter subcommand: run it, report skips (stderr) and counts (stdout); 1 when nothing was written.
+    Fatal :class:`ConversionError` s propagate (`medloc-data` prints them and exits 2)."""
     try:
-        return body()
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        report = convert()
+    except NothingWritten as err:
+        print_skips(err.skips, err.notes)
+        print(f"medloc-data: error: {err}", file=sys.stderr)
+        return 1
+    print_skips(report.skips, report.notes)
+    counts = "  ".join(f"{name}: {n}" for name, n in report.counts.items())
+    print(f"wrote {report.out}/{{train,val,test}}.jsonl  {counts}  skipped: {len(report.skips)}")
+    return 0

@@ -11,11 +11,13 @@ import csv
 import os
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
-from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, add_output_arguments, finish,
-                                                     guarded, parallel_map, phrase, require_dir, require_file)
-from medloc_lightning.data.converters.maskops import MaskError, box_from_mask_file
-from medloc_lightning.data.images import image_size, is_image_file
+from medloc_lightning.data.converters.common import (ConversionError, ConversionReport, Item, Output, Skip,
+                                                     add_output_arguments, output_options, parallel_map, phrase,
+                                                     require_dir, require_file, run_cli)
+from medloc_lightning.data.converters.maskops import image_and_mask_box
+from medloc_lightning.data.images import is_image_file
 
 # dx code -> (plain name, "lesion" form used where the name alone reads oddly)
 DIAGNOSES = {
@@ -98,48 +100,54 @@ def index_files(folders: list[str], pattern: re.Pattern[str], what: str) -> tupl
     return found, skips
 
 
-def _convert_one(job: tuple[Row, str, str]) -> Item | Skip:
-    row, image, mask = job
-    try:
-        width, height = image_size(image)
-    except Exception as err:
-        return Skip(image, f"unreadable image: {err}")
-    try:
-        box, _ = box_from_mask_file(mask, (width, height), "all")
-    except MaskError as err:
-        return Skip(mask, str(err))
-    record = {"id": row.image_id, "image": image, "query": ham_query(row.dx, row.image_id),
-              "bbox": [float(v) for v in box], "width": width, "height": height,
-              "dataset": "ham10000", "modality": "dermoscopy", "label": row.dx}
-    return Item(record, group=row.lesion_id)
+def convert_ham10000(images: str | os.PathLike | Sequence[str | os.PathLike], masks: str | os.PathLike,
+                     metadata: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0, val_ratio: float = 0.1,
+                     test_ratio: float = 0.1, strict: bool = False, absolute_paths: bool = False,
+                     overwrite: bool = False) -> ConversionReport:
+    """Convert HAM10000 (image folders, the lesion mask folder and the metadata CSV) into
+    ``out/{train,val,test}.jsonl``: box = tight box of the mask, query = the diagnosis in words, split grouped by
+    ``lesion_id``.
 
-
-def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip]]:
-    """Items (grouped by lesion) and everything that could not be converted."""
-    for folder in args.images:
+    Raises :class:`ConversionError` on unusable inputs and :class:`NothingWritten` when nothing is left to write.
+    """
+    folders = [os.fspath(images)] if isinstance(images, (str, os.PathLike)) else [os.fspath(f) for f in images]
+    masks, metadata = os.fspath(masks), os.fspath(metadata)
+    output = Output(out, "ham10000", [*folders, masks, metadata], seed=seed, val_ratio=val_ratio,
+                    test_ratio=test_ratio, strict=strict, absolute_paths=absolute_paths, overwrite=overwrite)
+    for folder in folders:
         require_dir(folder, "--images")
-    require_dir(args.masks, "--masks")
-    rows, skips = read_metadata(require_file(args.metadata, "--metadata"))
-    images, image_skips = index_files(args.images, _IMAGE_RE, "image")
-    masks, mask_skips = index_files([args.masks], _MASK_RE, "mask")
+    require_dir(masks, "--masks")
+    rows, skips = read_metadata(require_file(metadata, "--metadata"))
+    if not rows and not skips:
+        raise ConversionError(f"no metadata rows in {metadata}")
+    image_paths, image_skips = index_files(folders, _IMAGE_RE, "image")
+    mask_paths, mask_skips = index_files([masks], _MASK_RE, "mask")
     skips += image_skips + mask_skips
     jobs = []
     listed = set()
     for row in rows:
         listed.add(row.image_id)
-        if row.image_id not in images:
-            skips.append(Skip(f"{args.metadata}:{row.line}", f"no image {row.image_id}.jpg under --images"))
-        elif row.image_id not in masks:
-            skips.append(Skip(images[row.image_id], f"no mask {row.image_id}_segmentation.png under --masks"))
+        if row.image_id not in image_paths:
+            skips.append(Skip(f"{metadata}:{row.line}", f"no image {row.image_id}.jpg under --images"))
+        elif row.image_id not in mask_paths:
+            skips.append(Skip(image_paths[row.image_id], f"no mask {row.image_id}_segmentation.png under --masks"))
         else:
-            jobs.append((row, images[row.image_id], masks[row.image_id]))
-    skips += [Skip(path, "image not listed in the metadata CSV") for key, path in sorted(images.items()) if key not in listed]
+            jobs.append((row, image_paths[row.image_id], mask_paths[row.image_id]))
+    skips += [Skip(path, "image not listed in the metadata CSV") for key, path in sorted(image_paths.items())
+              if key not in listed]
     skips += [Skip(path, "mask of an image not listed in the metadata CSV")
-              for key, path in sorted(masks.items()) if key not in listed]
+              for key, path in sorted(mask_paths.items()) if key not in listed]
     items = []
-    for result in parallel_map(_convert_one, jobs):
-        (items if isinstance(result, Item) else skips).append(result)
-    return items, skips
+    for (row, image, _), result in zip(jobs, parallel_map(lambda job: image_and_mask_box(job[1], job[2]), jobs)):
+        if isinstance(result, Skip):
+            skips.append(result)
+            continue
+        (width, height), box, _ = result
+        record = {"id": row.image_id, "image": image, "query": ham_query(row.dx, row.image_id),
+                  "bbox": [float(v) for v in box], "width": width, "height": height,
+                  "dataset": "ham10000", "modality": "dermoscopy", "label": row.dx}
+        items.append(Item(record, group=row.lesion_id))
+    return output.write(items, skips)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,10 +162,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert and write; see :func:`medloc_lightning.data.converters.common.finish` for the exit code."""
-    def body() -> int:
-        items, skips = convert(args)
-        if not items and not skips:
-            raise ConversionError(f"no metadata rows in {args.metadata}")
-        return finish(args, items, skips, inputs=[args.metadata])
-    return guarded(body)
+    """`medloc-data ham10000`: :func:`convert_ham10000` with the command-line options."""
+    return run_cli(lambda: convert_ham10000(args.images, args.masks, args.metadata, args.out, **output_options(args)))

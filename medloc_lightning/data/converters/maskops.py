@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from medloc_lightning.data.converters.common import Skip
+from medloc_lightning.data.images import image_size
+
 Box = tuple[int, int, int, int]
 JPEG_THRESHOLD = 127  # lossy masks ring around edges; "nonzero" would inflate every box
 
@@ -158,3 +161,18 @@ def mask_box(fg: np.ndarray, components: str = "all") -> tuple[Box | None, int]:
     if components == "largest":
         return max(parts, key=lambda c: c.area).box, len(parts)
     return tight_box(fg), len(parts)
+
+
+def image_and_mask_box(image: str, mask: str, components: str = "all",
+                       threshold: float | None = None) -> tuple[tuple[int, int], Box, int] | Skip:
+    """``((width, height), box, number of components)`` of an image and its mask, or the :class:`Skip` that
+    says which of the two could not be used and why (the mask -> box step every mask converter shares)."""
+    try:
+        size = image_size(image)
+    except Exception as err:  # PIL raises several types for unreadable files
+        return Skip(image, f"unreadable image: {err}")
+    try:
+        box, count = box_from_mask_file(mask, size, components, threshold)
+    except MaskError as err:
+        return Skip(mask, str(err))
+    return size, box, count

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, add_output_arguments,
-                                                     add_record_arguments, finish, guarded, parallel_map, require_dir)
-from medloc_lightning.data.converters.maskops import MaskError, box_from_mask_file
-from medloc_lightning.data.images import IMAGE_EXTENSIONS, image_size, is_image_file
+from medloc_lightning.data.converters.common import (ConversionError, ConversionReport, Item, Output, Skip,
+                                                     add_output_arguments, add_record_arguments, output_options,
+                                                     parallel_map, require_dir, run_cli)
+from medloc_lightning.data.converters.maskops import image_and_mask_box
+from medloc_lightning.data.images import IMAGE_EXTENSIONS, is_image_file
 
 
 def walk_images(folder: str) -> list[str]:
@@ -34,58 +35,62 @@ def mask_key(name: str, suffix: str) -> str | None:
     return stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else None
 
 
-def _convert_one(job: tuple[str, str, str, argparse.Namespace]) -> tuple[Item | Skip, int]:
-    key, image, mask, args = job
-    try:
-        size = image_size(image)
-    except Exception as err:
-        return Skip(image, f"unreadable image: {err}"), 0
-    try:
-        box, count = box_from_mask_file(mask, size, args.components, args.threshold)
-    except MaskError as err:
-        return Skip(mask, str(err)), 0
-    record = {"id": key, "image": image, "query": args.query, "bbox": [float(v) for v in box],
-              "width": size[0], "height": size[1]}
-    record.update({k: v for k, v in (("dataset", args.dataset), ("modality", args.modality), ("label", args.label)) if v})
-    return Item(record, group=key), count
+def convert_masks(images: str | os.PathLike, masks: str | os.PathLike, query: str, out: str | os.PathLike, *,
+                  mask_suffix: str = "", components: str = "largest", threshold: float | None = None,
+                  label: str | None = None, dataset: str | None = None, modality: str | None = None,
+                  seed: int = 0, val_ratio: float = 0.1, test_ratio: float = 0.1, strict: bool = False,
+                  absolute_paths: bool = False, overwrite: bool = False) -> ConversionReport:
+    """Convert an images folder plus a masks folder into ``out/{train,val,test}.jsonl``, one record per image with
+    a usable mask, every record with ``query``. The box is that of the largest 8-connected mask component
+    (``components="largest"``) or of all foreground (``"all"``); the split is drawn per image.
 
-
-def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip], list[str]]:
-    """Items (one per image with a usable mask), skips and notes."""
-    if not args.query.strip():
+    Raises :class:`ConversionError` on unusable inputs and :class:`NothingWritten` when nothing is left to write.
+    """
+    output = Output(out, "masks", [images, masks], seed=seed, val_ratio=val_ratio, test_ratio=test_ratio,
+                    strict=strict, absolute_paths=absolute_paths, overwrite=overwrite)
+    if not query.strip():
         raise ConversionError("--query must not be empty")
-    same = os.path.realpath(require_dir(args.images, "--images")) == os.path.realpath(require_dir(args.masks, "--masks"))
-    if same and not args.mask_suffix:
+    images, masks = os.fspath(images), os.fspath(masks)
+    same = os.path.realpath(require_dir(images, "--images")) == os.path.realpath(require_dir(masks, "--masks"))
+    if same and not mask_suffix:
         raise ConversionError("--images and --masks are the same folder: give --mask-suffix to tell masks apart")
-    masks: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = {}
     mask_paths = set()
-    for path in walk_images(require_dir(args.masks, "--masks")):
-        key = mask_key(os.path.basename(path), args.mask_suffix)
+    for path in walk_images(masks):
+        key = mask_key(os.path.basename(path), mask_suffix)
         if key is not None:
-            masks.setdefault(key, []).append(path)
+            found.setdefault(key, []).append(path)
             mask_paths.add(os.path.abspath(path))
-    images: dict[str, list[str]] = {}
-    for path in walk_images(require_dir(args.images, "--images")):
+    pictures: dict[str, list[str]] = {}
+    for path in walk_images(images):
         if os.path.abspath(path) not in mask_paths:  # masks may live inside the images folder
-            images.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
+            pictures.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
     jobs, skips = [], []
-    for key, paths in images.items():
+    for key, paths in pictures.items():
         if len(paths) > 1:
             skips += [Skip(p, f"several images share the stem {key!r}: {', '.join(paths)}") for p in paths]
-        elif key not in masks:
-            wanted = key + args.mask_suffix + ("" if args.mask_suffix.lower().endswith(IMAGE_EXTENSIONS) else ".*")
+        elif key not in found:
+            wanted = key + mask_suffix + ("" if mask_suffix.lower().endswith(IMAGE_EXTENSIONS) else ".*")
             skips.append(Skip(paths[0], f"no mask {wanted} under --masks"))
-        elif len(masks[key]) > 1:
-            skips.append(Skip(paths[0], f"several masks match: {', '.join(masks[key])}"))
+        elif len(found[key]) > 1:
+            skips.append(Skip(paths[0], f"several masks match: {', '.join(found[key])}"))
         else:
-            jobs.append((key, paths[0], masks[key][0], args))
-    skips += [Skip(p, "mask without an image") for key, ps in masks.items() if key not in images for p in ps]
+            jobs.append((key, paths[0], found[key][0]))
+    skips += [Skip(p, "mask without an image") for key, ps in found.items() if key not in pictures for p in ps]
+    extra = {k: v for k, v in (("dataset", dataset), ("modality", modality), ("label", label)) if v}
     items, multi = [], 0
-    for result, count in parallel_map(_convert_one, jobs):
-        (items if isinstance(result, Item) else skips).append(result)
+    results = parallel_map(lambda job: image_and_mask_box(job[1], job[2], components, threshold), jobs)
+    for (key, image, _), result in zip(jobs, results):
+        if isinstance(result, Skip):
+            skips.append(result)
+            continue
+        size, box, count = result
         multi += count > 1
-    notes = [f"{multi} masks have several 8-connected components; boxes use --components {args.components}"] if multi else []
-    return items, skips, notes
+        record = {"id": key, "image": image, "query": query, "bbox": [float(v) for v in box],
+                  "width": size[0], "height": size[1], **extra}
+        items.append(Item(record, group=key))
+    notes = [f"{multi} masks have several 8-connected components; boxes use --components {components}"] if multi else []
+    return output.write(items, skips, notes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,8 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert and write; the exit code is that of ``common.finish`` (2 on fatal input errors)."""
-    def body() -> int:
-        items, skips, notes = convert(args)
-        return finish(args, items, skips, notes=notes)
-    return guarded(body)
+    """`medloc-data masks`: :func:`convert_masks` with the command-line options."""
+    return run_cli(lambda: convert_masks(
+        args.images, args.masks, args.query, args.out, mask_suffix=args.mask_suffix, components=args.components,
+        threshold=args.threshold, label=args.label, dataset=args.dataset, modality=args.modality,
+        **output_options(args)))

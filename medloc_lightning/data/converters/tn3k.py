@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 
-from medloc_lightning.data.converters.common import (ConversionError, Item, Skip, add_output_arguments, finish,
-                                                     guarded, parallel_map, phrase, require_dir)
-from medloc_lightning.data.converters.maskops import MaskError, box_from_mask_file
-from medloc_lightning.data.images import image_size, is_image_file
+from medloc_lightning.data.converters.common import (ConversionError, ConversionReport, Item, Output, Skip,
+                                                     add_output_arguments, output_options, parallel_map, phrase,
+                                                     require_dir, run_cli)
+from medloc_lightning.data.converters.maskops import image_and_mask_box
+from medloc_lightning.data.images import is_image_file
 
 PARTS = ("trainval", "test")
 TEMPLATES = (
@@ -49,30 +50,21 @@ def read_fold(path: str) -> dict[str, str]:
     return out
 
 
-def _convert_one(job: tuple[str, str, str, str, argparse.Namespace]) -> tuple[Item | Skip, int]:
-    part, stem, image, mask, args = job
-    try:
-        size = image_size(image)
-    except Exception as err:
-        return Skip(image, f"unreadable image: {err}"), 0
-    try:
-        box, count = box_from_mask_file(mask, size, args.components, args.threshold)
-    except MaskError as err:
-        return Skip(mask, str(err)), 0
-    record_id = f"{part}-{stem}"
-    record = {"id": record_id, "image": image, "query": phrase(record_id, TEMPLATES),
-              "bbox": [float(v) for v in box], "width": size[0], "height": size[1],
-              "dataset": "tn3k", "modality": "ultrasound", "label": "thyroid nodule"}
-    return Item(record, group=record_id, split="test" if part == "test" else None), count
+def convert_tn3k(root: str | os.PathLike, out: str | os.PathLike, *, fold: int | None = None,
+                 components: str = "all", threshold: float | None = None, seed: int = 0, val_ratio: float = 0.1,
+                 strict: bool = False, absolute_paths: bool = False, overwrite: bool = False) -> ConversionReport:
+    """Convert TN3K under ``root`` into ``out/{train,val,test}.jsonl``: the official test split is kept; val is
+    carved from trainval by the seeded split, or taken from ``root/tn3k-trainval-fold{fold}.json``.
 
-
-def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip], list[str]]:
-    """Items (test fixed, trainval drawn or from the fold file), skips and notes."""
-    root = require_dir(args.root, "--root")
+    Raises :class:`ConversionError` on unusable inputs and :class:`NothingWritten` when nothing is left to write.
+    """
+    output = Output(out, "tn3k", [root], seed=seed, val_ratio=val_ratio, strict=strict,
+                    absolute_paths=absolute_paths, overwrite=overwrite)
+    root = require_dir(os.fspath(root), "--root")
     missing = [f"{p}-{k}" for p in PARTS for k in ("image", "mask") if not os.path.isdir(os.path.join(root, f"{p}-{k}"))]
     if missing:
         raise ConversionError(f"--root {root}: missing folder(s) {', '.join(missing)} (expected the TN3K layout)")
-    fold = read_fold(os.path.join(root, f"tn3k-trainval-fold{args.fold}.json")) if args.fold is not None else None
+    split_of = read_fold(os.path.join(root, f"tn3k-trainval-fold{fold}.json")) if fold is not None else None
     jobs, skips = [], []
     for part in PARTS:
         images = list_images(os.path.join(root, f"{part}-image"))
@@ -84,22 +76,28 @@ def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip], list[str]
                 skips.append(Skip(paths[0], f"no mask {stem}.* in {part}-mask/"))
             elif len(masks[stem]) > 1:
                 skips.append(Skip(paths[0], f"several masks match: {', '.join(masks[stem])}"))
-            elif part == "trainval" and fold is not None and stem not in fold:
-                skips.append(Skip(paths[0], f"not listed in tn3k-trainval-fold{args.fold}.json"))
+            elif part == "trainval" and split_of is not None and stem not in split_of:
+                skips.append(Skip(paths[0], f"not listed in tn3k-trainval-fold{fold}.json"))
             else:
-                jobs.append((part, stem, paths[0], masks[stem][0], args))
+                jobs.append((part, stem, paths[0], masks[stem][0]))
         skips += [Skip(p, f"mask without an image in {part}-image/") for stem, ps in masks.items()
                   if stem not in images for p in ps]
     items, multi = [], 0
-    for result, count in parallel_map(_convert_one, jobs):
-        (items if isinstance(result, Item) else skips).append(result)
+    results = parallel_map(lambda job: image_and_mask_box(job[2], job[3], components, threshold), jobs)
+    for (part, stem, image, _), result in zip(jobs, results):
+        if isinstance(result, Skip):
+            skips.append(result)
+            continue
+        size, box, count = result
         multi += count > 1
-    if fold is not None:
-        for item in items:
-            if item.split is None:
-                item.split = fold[item.record["id"].split("-", 1)[1]]
-    notes = [f"{multi} masks have several 8-connected components; boxes use --components {args.components}"] if multi else []
-    return items, skips, notes
+        record_id = f"{part}-{stem}"
+        record = {"id": record_id, "image": image, "query": phrase(record_id, TEMPLATES),
+                  "bbox": [float(v) for v in box], "width": size[0], "height": size[1],
+                  "dataset": "tn3k", "modality": "ultrasound", "label": "thyroid nodule"}
+        split = "test" if part == "test" else None if split_of is None else split_of[stem]
+        items.append(Item(record, group=record_id, split=split))
+    notes = [f"{multi} masks have several 8-connected components; boxes use --components {components}"] if multi else []
+    return output.write(items, skips, notes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +115,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert and write; the exit code is that of ``common.finish`` (2 on fatal input errors)."""
-    def body() -> int:
-        items, skips, notes = convert(args)
-        return finish(args, items, skips, notes=notes)
-    return guarded(body)
+    """`medloc-data tn3k`: :func:`convert_tn3k` with the command-line options."""
+    return run_cli(lambda: convert_tn3k(args.root, args.out, fold=args.fold, components=args.components,
+                                        threshold=args.threshold, **output_options(args)))

@@ -14,9 +14,9 @@ import os
 import re
 from typing import Any
 
-from medloc_lightning.data.converters.common import (SPLIT_NAMES, Item, Skip, add_output_arguments,
-                                                     add_record_arguments, clip_to_image, finish, guarded,
-                                                     require_dir, require_file)
+from medloc_lightning.data.converters.common import (SPLIT_NAMES, ConversionError, ConversionReport, Item, Output,
+                                                     Skip, add_output_arguments, add_record_arguments, clip_to_image,
+                                                     output_options, require_dir, require_file, run_cli)
 from medloc_lightning.data.images import image_size
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
@@ -138,28 +138,41 @@ def convert_line(obj: Any, where: str, line: int, image_root: str, sizes: _Sizes
     return Item(record, group=os.path.abspath(path))
 
 
-def convert(args: argparse.Namespace) -> tuple[list[Item], list[Skip]]:
-    """Items (grouped by image, so captions of one image share a split) and skips."""
-    image_root = require_dir(args.image_root, "--image-root")
+def convert_vlmr1(jsonl: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike, *,
+                  split: str = "auto", dataset: str | None = None, modality: str | None = None, seed: int = 0,
+                  val_ratio: float = 0.1, test_ratio: float = 0.1, strict: bool = False,
+                  absolute_paths: bool = False, overwrite: bool = False) -> ConversionReport:
+    """Import VLM-R1 REC JSONL (``conversations`` format, boxes in original pixels; image paths relative to
+    ``image_root``) into ``out/{train,val,test}.jsonl``. ``split`` puts every record into one split, or draws a
+    seeded split by image (``"auto"``), so the captions of one image share a split.
+
+    Raises :class:`ConversionError` on unusable inputs and :class:`NothingWritten` when nothing is left to write.
+    """
+    if split not in ("auto", *SPLIT_NAMES):
+        raise ConversionError(f"split must be 'auto' or one of {SPLIT_NAMES}, got {split!r}")
+    jsonl = os.fspath(jsonl)
+    output = Output(out, "vlmr1", [jsonl, image_root], seed=seed, val_ratio=val_ratio, test_ratio=test_ratio,
+                    strict=strict, absolute_paths=absolute_paths, overwrite=overwrite)
+    root = require_dir(os.fspath(image_root), "--image-root")
     sizes = _Sizes()
     items, skips = [], []
-    extra = {"dataset": args.dataset, "modality": args.modality}
-    with open(require_file(args.jsonl, "--jsonl"), "rb") as f:
+    extra = {"dataset": dataset, "modality": modality}
+    with open(require_file(jsonl, "--jsonl"), "rb") as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            where = f"{args.jsonl}:{line}"
+            where = f"{jsonl}:{line}"
             try:
                 obj = json.loads(raw.decode("utf-8-sig" if line == 1 else "utf-8"))
             except ValueError as err:
                 skips.append(Skip(where, f"invalid JSON: {err}"))
                 continue
-            result = convert_line(obj, where, line, image_root, sizes, extra)
+            result = convert_line(obj, where, line, root, sizes, extra)
             (items if isinstance(result, Item) else skips).append(result)
-    if args.split != "auto":
+    if split != "auto":
         for item in items:
-            item.split = args.split
-    return items, skips
+            item.split = split
+    return output.write(items, skips)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,5 +187,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert and write; the exit code is that of ``common.finish`` (2 on fatal input errors)."""
-    return guarded(lambda: finish(args, *convert(args), inputs=[args.jsonl]))
+    """`medloc-data vlmr1`: :func:`convert_vlmr1` with the command-line options."""
+    return run_cli(lambda: convert_vlmr1(args.jsonl, args.image_root, args.out, split=args.split, dataset=args.dataset,
+                                         modality=args.modality, **output_options(args)))

@@ -5,14 +5,17 @@ from medloc_lightning.data.synth.generate import (
     MODALITIES,
     PRESETS,
     SPLITS,
+    STAMP,
     SynthConfig,
     add_arguments,
     config_from_args,
     generate,
     make_record,
+    read_stamp,
     run,
     split_counts,
+    stamp_args,
 )
 
-__all__ = ["LABELS", "MODALITIES", "PRESETS", "SPLITS", "SynthConfig", "add_arguments", "config_from_args",
-           "generate", "make_record", "run", "split_counts"]
+__all__ = ["LABELS", "MODALITIES", "PRESETS", "SPLITS", "STAMP", "SynthConfig", "add_arguments", "config_from_args",
+           "generate", "make_record", "read_stamp", "run", "split_counts", "stamp_args"]

@@ -1,13 +1,14 @@
 """Synthetic medical grounding data: dermoscopy-, ultrasound- and X-ray-like images with referring queries.
 
-Writes ``OUT/images/<id>.png`` and ``OUT/{train,val,test}.jsonl`` (image paths relative to OUT) in the
-record schema of docs/architecture.md, plus one extra field, ``distractors``: the boxes of the other
+Writes ``OUT/images/<id>.png``, ``OUT/{train,val,test}.jsonl`` (image paths relative to OUT) and
+``OUT/synth.json`` (what made the folder, and with which arguments) in the record schema of docs/architecture.md, plus one extra field, ``distractors``: the boxes of the other
 referable structures in the image (same convention as ``bbox``; bones in X-rays are not listed). The box
 is the tight box of the target's footprint, its opacity ramp >= 0.5 (see `draw`). Image ``i`` comes from
 its own random stream ``SeedSequence(seed, spawn_key=(i,))``, so output is byte-identical for the same
 arguments whatever the worker count (on one platform: BLAS and zlib builds may differ elsewhere), and growing
 ``n`` leaves earlier images unchanged. Splits are contiguous index ranges sized by largest remainder; in
-``mixed`` mode modalities cycle by index. Queries: see `query`.
+``mixed`` mode modalities cycle by index. Queries: see `query`. The generator writes only into an empty
+folder or one it made itself (``synth.json`` present), so it never overwrites a user's data.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ MODALITIES = ("dermoscopy", "ultrasound", "xray")
 LABELS = {"dermoscopy": "lesion", "ultrasound": "nodule", "xray": "spot"}
 SPLITS = ("train", "val", "test")
 _MAX_SCENE_ATTEMPTS = 12
+STAMP = "synth.json"
+"""The generator's mark on a folder it made: written first (status "writing"), completed last."""
 MAX_TARGET_SIZE = 0.6  # larger structures do not fit the ultrasound sector
 
 
@@ -185,6 +188,7 @@ def generate(
         raise ValueError(f"synth: size must be within 32..2048 px, got {size}")
     config = config or SynthConfig()
     out = Path(out_dir)
+    _claim(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(i, seed, modality, size, config, str(out)) for i in range(n)]
     if workers > 1 and n > 1:
@@ -200,7 +204,41 @@ def generate(
         tmp = out / f"{split}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in chunk), encoding="utf-8")
         tmp.replace(out / f"{split}.jsonl")
+    _write_stamp(out, {"status": "complete", "args": stamp_args(n, seed, modality, size, config)})
     return counts
+
+
+def stamp_args(n: int, seed: int, modality: str, size: int, config: SynthConfig) -> dict[str, Any]:
+    """The generation arguments as ``synth.json`` records them (plain JSON values)."""
+    args = {"n": int(n), "seed": int(seed), "modality": modality, "size": int(size), "config": dataclasses.asdict(config)}
+    return json.loads(json.dumps(args))
+
+
+def read_stamp(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The folder's ``synth.json`` (None when absent or unreadable)."""
+    try:
+        with open(Path(out_dir) / STAMP, encoding="utf-8") as fh:
+            stamp = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _write_stamp(out: Path, content: dict[str, Any]) -> None:
+    tmp = out / f"{STAMP}.tmp"
+    tmp.write_text(json.dumps({"generator": "medloc-data synth", **content}), encoding="utf-8")
+    tmp.replace(out / STAMP)
+
+
+def _claim(out: Path) -> None:
+    """Mark ``out`` as the generator's before writing anything; refuse a folder it did not make."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"synth: output {out} exists and is not a folder")
+    if out.is_dir() and (out / STAMP).is_file() is False and any(out.iterdir()):
+        raise ValueError(f"synth: refusing to write into {out}: it is not empty and was not made by the generator "
+                         f"(no {STAMP}), so it may hold your own data. Choose a new or empty folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_stamp(out, {"status": "writing"})
 
 
 def _range(kind: type) -> Any:
@@ -209,7 +247,8 @@ def _range(kind: type) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `medloc-data synth` options; knobs left unset keep the preset's values."""
-    parser.add_argument("--out", required=True, help="output folder (images/ and train/val/test.jsonl)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (images/, train/val/test.jsonl, synth.json): new, empty, or made by synth")
     parser.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--modality", choices=[*MODALITIES, "mixed"], default="mixed")
@@ -250,5 +289,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["LABELS", "MODALITIES", "PRESETS", "SynthConfig", "add_arguments", "generate",
-           "make_record", "run", "split_counts"]
+__all__ = ["LABELS", "MODALITIES", "PRESETS", "STAMP", "SynthConfig", "add_arguments", "generate",
+           "make_record", "read_stamp", "run", "split_counts", "stamp_args"]
