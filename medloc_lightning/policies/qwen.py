@@ -45,6 +45,11 @@ from medloc_lightning.policies.qwen_loading import (
     vision_tower,
     wrap_classes,
 )
+from medloc_lightning.policies.qwen_prefill import (
+    caches_through_backward,
+    generate_with_shared_prefill,
+    score_with_shared_prefill,
+)
 from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
 from medloc_lightning.policies.qwen_prompts import EncodedPrompts, encode_prompts, prompt_text
 
@@ -67,6 +72,10 @@ class QwenVLPolicy(GroundingPolicy):
     """A Qwen2.5-VL checkpoint (local folder, hub name or peft adapter folder) as a `GroundingPolicy`.
 
     ``model_name_or_path="medloc:tiny-qwen2.5-vl"`` builds and uses the tiny offline test model.
+
+    ``prefill_once`` (default) runs each prompt's text prefill once and shares its KV cache among the G
+    samples and scored completions of that prompt (`qwen_prefill`; same log-probs, same samples for a
+    seed); ``False`` is transformers' plain path, which sharded models always take.
 
     Weights load lazily in `configure` (idempotent), so Lightning's ``configure_model`` can run it under a
     sharding strategy; the processor loads at construction. ``lora_r=0`` is full fine-tuning.
@@ -96,6 +105,7 @@ class QwenVLPolicy(GroundingPolicy):
         answer_label: str = "lesion",
         trust_remote_code: bool = False,
         local_files_only: bool = False,
+        prefill_once: bool = True,
     ) -> None:
         super().__init__()
         model_name_or_path = resolve_model_name(model_name_or_path)
@@ -121,6 +131,7 @@ class QwenVLPolicy(GroundingPolicy):
         self.answer_label = answer_label
         self.trust_remote_code = trust_remote_code
         self.local_files_only = local_files_only
+        self.prefill_once = prefill_once
         self.processor = _load_processor_for(model_name_or_path, min_pixels=min_pixels, max_pixels=max_pixels,
                                              trust_remote_code=trust_remote_code,
                                              local_files_only=local_files_only)
@@ -251,10 +262,21 @@ class QwenVLPolicy(GroundingPolicy):
 
     def _generate(self, prompts: dict[str, Tensor], config: Any) -> Tensor:
         """Completion ids [rows, T] (prompt stripped)."""
+        synced = True if self.sharding.synced_generation else None
         with torch.no_grad(), train_mode_without_dropout(self.model):
-            sequences = self.model.generate(**prompts, generation_config=config,
-                                            synced_gpus=True if self.sharding.synced_generation else None)
+            if self._shares_prefill(config.num_return_sequences or 1):
+                sequences = generate_with_shared_prefill(self.model, prompts, config, synced_gpus=synced)
+            else:
+                sequences = self.model.generate(**prompts, generation_config=config, synced_gpus=synced)
         return sequences[:, prompts["input_ids"].shape[1]:]
+
+    def _shares_prefill(self, rows_per_prompt: float, model: nn.Module | None = None) -> bool:
+        """Whether to prefill each prompt once for its rows: on by ``prefill_once`` when prompts repeat and the
+        model is unsharded (sharded roots gather their parameters only inside the root forward and
+        ``generate``); a gradient pass also needs `caches_through_backward`."""
+        if not self.prefill_once or rows_per_prompt <= 1 or self.sharding.sharded:
+            return False
+        return not torch.is_grad_enabled() or caches_through_backward(model if model is not None else self.model)
 
     def _decode(self, completion_ids: Tensor, mask: Tensor) -> list[str]:
         lengths = mask.sum(1).long().tolist()
@@ -311,11 +333,14 @@ class QwenVLPolicy(GroundingPolicy):
                completion_ids: Tensor, mask: Tensor, temperature: float) -> Tensor:
         """Teacher-forced per-token log-probs [n, T] of ``completion_ids`` after prompts ``prompt_index``.
 
-        The G rows of one prompt share its image, so unsharded models run the vision tower once per distinct
-        image and hand the features to every row (identical log-probs; ~2.6x less work on the tiny model's
+        With `_shares_prefill` each distinct prompt runs once and its rows continue from its cache
+        (`score_with_shared_prefill`). Otherwise the G rows of one prompt still share its image: unsharded
+        models run the vision tower once per distinct image and hand the features to every row (identical log-probs; ~2.6x less work on the tiny model's
         forward + backward at G = 8). Sharded models take the plain path: under FSDP the vision tower's root
         parameters are only gathered inside the root forward.
         """
+        if self._shares_prefill(len(prompt_index) / len(set(prompt_index)), model):
+            return score_with_shared_prefill(model, prompts, prompt_index, completion_ids, mask, temperature)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         shared = not self.sharding.sharded and _accepts_encoder_outputs(type(base))
         inputs = append_completions(select_prompts(prompts, prompt_index, pixels=not shared), completion_ids, mask)
