@@ -172,18 +172,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results[o].update(wall_s=wall, cpu_s=cpu, wall_ms_per_step=1e3 * wall["median"] / per_call_tokens,
                                   cpu_ms_per_step=1e3 * cpu["median"] / per_call_tokens)
             if "plain" in options:
+                plain = results["plain"]
                 for o in options:
-                    results[o]["cpu_over_plain"] = results[o]["cpu_s"]["median"] / results["plain"]["cpu_s"]["median"]
-                    results[o]["wall_over_plain"] = results[o]["wall_s"]["median"] / results["plain"]["wall_s"]["median"]
-        report = {"command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-                  "model": {"dir": model_dir, "kind": kind}, "settings": s.to_dict(), "rows": args.prompts * args.generations,
-                  "prompt_length": int(prompts["input_ids"].shape[1]), "configuration": processors(policy, runs["plain"]),
-                  "environment": environment(), "results": results}
+                    results[o]["cpu_over_plain"] = results[o]["cpu_s"]["median"] / plain["cpu_s"]["median"]
+                    results[o]["wall_over_plain"] = results[o]["wall_s"]["median"] / plain["wall_s"]["median"]
+        command = " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+        report = {"command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python " + command,
+                  "model": {"dir": model_dir, "kind": kind}, "settings": s.to_dict(),
+                  "rows": args.prompts * args.generations, "prompt_length": int(prompts["input_ids"].shape[1]),
+                  "configuration": processors(policy, runs["plain"]), "environment": environment(),
+                  "results": results}
     lines = ["| option | same ids as plain | wall ms / step | CPU ms / step | CPU / plain | Python calls / step |",
              "|---|---|---|---|---|---|"]
     for o, r in results.items():
-        timing = (f"{r['wall_ms_per_step']:.2f} | {r['cpu_ms_per_step']:.2f} | {r.get('cpu_over_plain', float('nan')):.2f}"
-                  if "wall_s" in r else "– | – | –")
+        timing = "– | – | –"
+        if "wall_s" in r:
+            timing = f"{r['wall_ms_per_step']:.2f} | {r['cpu_ms_per_step']:.2f} | {r.get('cpu_over_plain', 0):.2f}" 
         lines.append(f"| {o} | {r['same_ids_as_plain']} | {timing} | {r['python_calls_per_step']['total']} |")
     report["table_markdown"] = "\n".join(lines)
     out = Path(args.out)

@@ -108,7 +108,8 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
             rss = ", ".join(f"{x:.0f}" for x in s["peak_rss_mib"])
             per_token = s["wall_ms_per_completion_token"]
             lines.append(f"| {variant} | {LABELS[side]} | {s['step_s']['median']:.3f} ({s['step_s']['iqr']:.3f}) "
-                         f"| {s['cpu_step_s']['median']:.3f} | {_fmt(s['reward'], 3)} | {_fmt(s['zero_std_groups'], 2)} "
+                         f"| {s['cpu_step_s']['median']:.3f} | {_fmt(s['reward'], 3)} "
+                         f"| {_fmt(s['zero_std_groups'], 2)} "
                          f"| {per_token:.2f} | {max(s['peak_rss_mib']):.0f} ({rss}) |" if per_token else
                          f"| {variant} | {LABELS[side]} | {s['step_s']['median']:.3f} | | | | | |")
         for side, r in v.get("over_trl", {}).items():

@@ -77,6 +77,10 @@ class QwenVLPolicy(GroundingPolicy):
     samples and scored completions of that prompt (`qwen_prefill`; same log-probs, same samples for a
     seed); ``False`` is transformers' plain path, which sharded models always take.
 
+    ``reference_dtype`` (default: ``dtype``) is the dtype of the frozen reference copy a full fine-tune keeps
+    when beta > 0: ``"bfloat16"`` halves it next to fp32 master weights (under bf16 autocast its matmuls run
+    in bf16 either way).
+
     Weights load lazily in `configure` (idempotent), so Lightning's ``configure_model`` can run it under a
     sharding strategy; the processor loads at construction. ``lora_r=0`` is full fine-tuning.
     """
@@ -106,6 +110,7 @@ class QwenVLPolicy(GroundingPolicy):
         trust_remote_code: bool = False,
         local_files_only: bool = False,
         prefill_once: bool = True,
+        reference_dtype: str | None = None,
     ) -> None:
         super().__init__()
         model_name_or_path = resolve_model_name(model_name_or_path)
@@ -113,6 +118,8 @@ class QwenVLPolicy(GroundingPolicy):
                     lora_dropout=lora_dropout, quantization=quantization, logprob_batch_size=logprob_batch_size,
                     prompt_template=prompt_template, is_adapter=adapter_base(model_name_or_path) is not None)
         resolve_dtype(dtype)
+        if reference_dtype is not None:
+            resolve_dtype(reference_dtype)
         self.model_name_or_path = model_name_or_path
         self.prompt_template = prompt_template
         self.max_new_tokens = max_new_tokens
@@ -132,6 +139,7 @@ class QwenVLPolicy(GroundingPolicy):
         self.trust_remote_code = trust_remote_code
         self.local_files_only = local_files_only
         self.prefill_once = prefill_once
+        self.reference_dtype = reference_dtype
         self.processor = _load_processor_for(model_name_or_path, min_pixels=min_pixels, max_pixels=max_pixels,
                                              trust_remote_code=trust_remote_code,
                                              local_files_only=local_files_only)
@@ -208,7 +216,7 @@ class QwenVLPolicy(GroundingPolicy):
         if not self.uses_adapter:
             # A fresh load of the checkpoint rather than a deepcopy: equal at step 0, and still the start
             # point when called after a resumed checkpoint has overwritten the policy's weights.
-            ref = load_base_model(self.model_name_or_path, dtype=self.dtype_name,
+            ref = load_base_model(self.model_name_or_path, dtype=self.reference_dtype or self.dtype_name,
                                   attn_implementation=self.attn_implementation,
                                   trust_remote_code=self.trust_remote_code, local_files_only=self.local_files_only)
             ref.requires_grad_(False)
@@ -335,9 +343,9 @@ class QwenVLPolicy(GroundingPolicy):
 
         With `_shares_prefill` each distinct prompt runs once and its rows continue from its cache
         (`score_with_shared_prefill`). Otherwise the G rows of one prompt still share its image: unsharded
-        models run the vision tower once per distinct image and hand the features to every row (identical log-probs; ~2.6x less work on the tiny model's
-        forward + backward at G = 8). Sharded models take the plain path: under FSDP the vision tower's root
-        parameters are only gathered inside the root forward.
+        models run the vision tower once per distinct image and hand the features to every row (identical
+        log-probs; ~2.6x less work on the tiny model's forward + backward at G = 8). Sharded models take the
+        plain path: under FSDP the vision tower's root parameters are only gathered inside the root forward.
         """
         if self._shares_prefill(len(prompt_index) / len(set(prompt_index)), model):
             return score_with_shared_prefill(model, prompts, prompt_index, completion_ids, mask, temperature)

@@ -200,3 +200,22 @@ def test_completion_positions_are_qwens_mrope_positions(tiny_qwen_dir: str) -> N
     keep = mask.bool()
     assert torch.equal(got[:, keep], expected[..., prompts["input_ids"].shape[1]:][:, keep])
     assert (deltas != 0).all()  # the image really shifts the text positions
+
+
+def test_reference_copy_can_be_kept_in_bfloat16(tiny_qwen_dir: str) -> None:
+    """``reference_dtype`` sets the frozen copy's dtype only; its log-probs stay those of the start weights."""
+    policy = make_policy(tiny_qwen_dir, reference_dtype="bfloat16")
+    exact = make_policy(tiny_qwen_dir)
+    torch.manual_seed(0)
+    rollout = policy.sample(make_records(*SIZES[:2]), 2, 1.0)
+    policy.enable_reference()
+    exact.enable_reference()
+    assert {p.dtype for p in policy._reference_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in policy.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in exact._reference_model.parameters()} == {torch.float32}
+    half, full = policy.logprobs(rollout, reference=True), exact.logprobs(rollout, reference=True)
+    assert half.dtype == torch.float32
+    diff = ((half - full) * rollout.mask).abs().max().item()
+    assert 0 < diff < 0.1  # bf16 rounding of the same weights, not another model
+    with pytest.raises(ValueError, match="dtype"):
+        QwenVLPolicy(tiny_qwen_dir, reference_dtype="float8")
