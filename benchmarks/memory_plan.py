@@ -240,6 +240,17 @@ def estimate(dims: ModelDims, work: Workload, setup: Setup) -> dict[str, Any]:
     else:
         t["activations"] = per_layer * layers * tokens
         why["activations"] = f"{per_layer / 1024:.0f} KiB/token/layer x {layers} layers x {tokens} tokens"
+    # bf16-mixed full fine-tune: Lightning's autocast runs with cache_enabled=False, so every Linear casts its
+    # fp32 weight per call and keeps the bf16 copy for backward: one layer at a time under checkpointing (plus
+    # lm_head, outside the checkpointed blocks), every trained weight without it.
+    if setup.method == "full":
+        head = vocab * h
+        t["autocast_copies"] = 2.0 * ((dims.layer_params() + head) if work.checkpointing else train)
+        why["autocast_copies"] = ("2 B x (one layer + lm_head): bf16 weight copies kept for backward"
+                                  if work.checkpointing else "2 B x P_train: bf16 weight copies kept for backward")
+    else:
+        t["autocast_copies"] = 0.0
+        why["autocast_copies"] = "- (bf16 or 4-bit base, small fp32 adapters)"
     t["logits"] = 2.0 * mb * (work.new_tokens + 1) * vocab + 4.0 * (mb + 1) * work.new_tokens * vocab
     why["logits"] = (f"bf16 logits (or their grad) 2 B x {mb} x {work.new_tokens + 1} x {vocab} + fp32 copies "
                      f"log-softmax keeps 4 B x {mb} x {work.new_tokens} x {vocab} + one row's fp32 grad")
@@ -252,7 +263,8 @@ def estimate(dims: ModelDims, work: Workload, setup: Setup) -> dict[str, Any]:
     phases = {
         "generation": static + t["kv_cache"] + t["prefill_transient"] + t["summon"] + t["fsdp_gathered"],
         "reference": static + t["nograd_transient"] + t["fsdp_gathered"],
-        "training": static + t["grads"] + t["activations"] + t["logits"] + t["fsdp_gathered"],
+        "training": static + t["grads"] + t["activations"] + t["autocast_copies"] + t["logits"]
+        + t["fsdp_gathered"],
         "optimizer": static + t["grads"] + t["adamw_step"],
     }
     return {"model": dims.name, "setup": dataclasses.asdict(setup), "workload": dataclasses.asdict(work),
@@ -265,7 +277,7 @@ def gib(x: float) -> str:
 
 
 TERMS = ("weights", "grads", "ddp_buckets", "adamw", "adamw_step", "reference", "fsdp_gathered", "kv_cache",
-         "prefill_transient", "summon", "nograd_transient", "activations", "logits", "context")
+         "prefill_transient", "summon", "nograd_transient", "activations", "autocast_copies", "logits", "context")
 
 
 def table(rows: list[dict[str, Any]], gpu_gib: float) -> str:
@@ -317,8 +329,8 @@ def shipped_table(gpus: int, gpu_gib: float) -> str:
         ph = r["phases"]
         lines.append(f"| {name} | {model} | {setup.method}, {setup.strategy}"
                      f"{' (one unshard per rollout)' if setup.summon_for_generation else ''} | {gib(ph['generation'])} "
-                     f"| {gib(ph['reference'])} | {gib(ph['training'])} | {gib(ph['optimizer'])} | **{gib(r['peak'])}** "
-                     f"| {100 * r['peak'] / (gpu_gib * GIB):.0f}% |")
+                     f"| {gib(ph['reference'])} | {gib(ph['training'])} | {gib(ph['optimizer'])} "
+                     f"| **{gib(r['peak'])}** | {100 * r['peak'] / (gpu_gib * GIB):.0f}% |")
     return "\n".join(lines)
 
 
