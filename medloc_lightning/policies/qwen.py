@@ -347,7 +347,7 @@ class QwenVLPolicy(GroundingPolicy):
         log-probs; ~2.6x less work on the tiny model's forward + backward at G = 8). Sharded models take the
         plain path: under FSDP the vision tower's root parameters are only gathered inside the root forward.
         """
-        if self._shares_prefill(len(prompt_index) / len(set(prompt_index)), model):
+        if self._shares_prefill(len(prompt_index) / max(len(set(prompt_index)), 1), model):
             return score_with_shared_prefill(model, prompts, prompt_index, completion_ids, mask, temperature)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         shared = not self.sharding.sharded and _accepts_encoder_outputs(type(base))
