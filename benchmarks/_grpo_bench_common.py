@@ -1,7 +1,7 @@
 """Shared pieces of the GRPO-step benchmarks (ours vs TRL): settings, records, timers and statistics.
 
-Both sides read one `BenchSettings`, train on the same records (noise images, one box each) and report
-through `StepRecorder`, so the only difference between the two runs is the trainer under test.
+Both sides read one `BenchSettings`, train on the same records and report through `StepRecorder` and the
+same phase names (`PHASES`), so the only difference between the runs is the trainer under test.
 """
 from __future__ import annotations
 
@@ -12,28 +12,49 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 VARIANTS = ("full", "lora")
 """``full``: full fine-tune, beta=0. ``lora``: LoRA r=8 on q/k/v/o, beta=0.04 (reference = adapters off)."""
 
+SIDES = ("ours", "ours_plain", "trl")
+"""``ours``: `GRPOGroundingModule` with the default prefill-once policy; ``ours_plain``: the same with
+``prefill_once=False`` (transformers' plain ``num_return_sequences`` path); ``trl``: TRL's ``GRPOTrainer``."""
+
+PHASES = (("prefill_s", "prefill: forward over the prompt tokens in generation"),
+          ("decode_s", "decode: the rest of generate (one token per step)"),
+          ("reference_s", "reference: no-grad log-prob passes"),
+          ("logprobs_s", "log-probs: policy forward with gradients + loss"),
+          ("backward_s", "backward + clip + AdamW"),
+          ("other_s", "other: prompts, text, reward, loop, logging (step - phases)"))
+"""The phases each side reports, in wall seconds (``cpu_<name>`` in process CPU seconds)."""
+
+SHIPPED_PRIOR = "medloc_lightning/checkpoints/tiny-qwen2.5-vl-grounding"
+"""The shipped tiny grounding prior, relative to the repository root (the benchmark's default model)."""
+PRIOR_DIMS = dict(hidden=128, layers=2, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, vision_heads=2)
+"""The prior's architecture, for a random stand-in when the shipped folder is absent."""
+
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """One side's run; identical for ours and TRL apart from ``side``."""
+    """One side's run; identical for every side apart from ``side``."""
 
     model_dir: str
     variant: str = "full"
     prompts: int = 2
     generations: int = 8
-    new_tokens: int = 32
-    image_size: int = 224
+    new_tokens: int = 33
+    image_size: int = 84
+    records: str = "synth:single"
+    """``synth:<preset>`` (synthetic grounding images, the prior's domain) or ``noise`` (random pixels)."""
+    prompt_template: str = "{query} Output the final answer in <answer> </answer> tags in JSON format."
     temperature: float = 0.9
     warmup: int = 3
     steps: int = 12
     loss_type: str = "grpo"
     learning_rate: float = 1e-6
-    tau: float = 0.5
+    tau: float = 0.3
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -41,12 +62,16 @@ class BenchSettings:
     lora_r: int = 8
     log_every_n_steps: int = 1
     """Our Trainer's logging interval; 1 matches TRL's ``logging_steps=1`` (Lightning's default is 50)."""
+    max_pixels: int | None = None
+    """The processor's pixel cap (default: ``image_size`` squared)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.warmup < 1 or self.steps < 1:
             raise ValueError(f"need warmup >= 1 and steps >= 1, got {self.warmup}, {self.steps}")
+        if self.records != "noise" and not self.records.startswith("synth:"):
+            raise ValueError(f"records must be 'noise' or 'synth:<preset>', got {self.records!r}")
 
     @property
     def beta(self) -> float:
@@ -58,7 +83,11 @@ class BenchSettings:
 
     @property
     def pixels(self) -> int:
-        return self.image_size * self.image_size
+        return self.max_pixels or self.image_size * self.image_size
+
+    @property
+    def min_pixels(self) -> int:
+        return min(56 * 56, self.pixels)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,11 +100,36 @@ def configure_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def make_records(count: int, size: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``count`` grounding records with ``size``² noise images and a box inside each (original pixels)."""
+def resolve_model_dir(model_dir: str | None, repo_root: Path, cache_dir: str) -> tuple[str, str]:
+    """The model folder to benchmark and what it is: ``model_dir`` when given; else the shipped prior; else
+    (not built yet) a random model of the prior's dimensions, built in ``cache_dir``."""
+    if model_dir is not None:
+        return model_dir, "given"
+    shipped = repo_root / SHIPPED_PRIOR
+    if (shipped / "config.json").is_file():
+        return str(shipped), "shipped prior"
+    from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+
+    return str(tiny_qwen_path(cache_dir=cache_dir, **PRIOR_DIMS, min_pixels=84 * 84, max_pixels=84 * 84)), \
+        "random stand-in with the prior's dimensions (shipped prior absent: rewards will be zero)"
+
+
+def make_records(count: int, size: int, seed: int = 0, kind: str = "noise") -> list[dict[str, Any]]:
+    """``count`` grounding records of ``size``-px images with one box each (original pixels): synthetic
+    scenes (``synth:<preset>``, what the prior was trained for) or noise images (``noise``)."""
     import numpy as np
     from PIL import Image
 
+    if kind.startswith("synth:"):
+        from medloc_lightning.data.synth import SynthConfig, make_record
+
+        config = SynthConfig.preset(kind.split(":", 1)[1])
+        out = []
+        for i in range(count):
+            record, pixels = make_record(i, seed, "mixed", size, config)
+            record = {k: record[k] for k in ("id", "query", "bbox", "width", "height")}
+            out.append({**record, "image": Image.fromarray(pixels).convert("RGB")})
+        return out
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
@@ -113,22 +167,32 @@ def describe(values: list[float]) -> dict[str, float]:
 
 
 class CallTimer:
-    """Wraps a bound method (e.g. ``model.generate``) on its instance, sums the wall time of its calls and
-    hands each call's arguments and result to ``probe``."""
+    """Wraps a bound method (e.g. ``model.generate``) on its instance and sums the wall and process-CPU time
+    of its calls; ``active`` (checked per call) limits what counts, ``probe`` sees each call's arguments
+    and result, and ``depth`` is > 0 while a call is running (for timers scoped to it)."""
 
     def __init__(self, owner: Any, name: str, sync: Callable[[], None] | None = None,
-                 probe: Callable[[tuple, dict, Any], None] | None = None) -> None:
-        self.total = 0.0
+                 probe: Callable[[tuple, dict, Any], None] | None = None,
+                 active: Callable[[], bool] | None = None) -> None:
+        self.wall = self.cpu = 0.0
         self.calls = 0
+        self.depth = 0
         original = getattr(owner, name)
         sync = sync or (lambda: None)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if active is not None and not active():
+                return original(*args, **kwargs)
             sync()
-            start = time.perf_counter()
-            result = original(*args, **kwargs)
-            sync()
-            self.total += time.perf_counter() - start
+            start = (time.perf_counter(), time.process_time())
+            self.depth += 1
+            try:
+                result = original(*args, **kwargs)
+                sync()
+            finally:
+                self.depth -= 1
+            self.wall += time.perf_counter() - start[0]
+            self.cpu += time.process_time() - start[1]
             self.calls += 1
             if probe is not None:
                 probe(args, kwargs, result)
@@ -136,10 +200,29 @@ class CallTimer:
 
         setattr(owner, name, timed)
 
-    def take(self) -> float:
-        """Seconds spent since the last ``take`` (and reset)."""
-        value, self.total = self.total, 0.0
+    def take(self) -> tuple[float, float]:
+        """Wall and CPU seconds spent since the last ``take`` (and reset)."""
+        value = (self.wall, self.cpu)
+        self.wall = self.cpu = 0.0
         return value
+
+
+def combine(first: tuple[float, float], *rest: tuple[float, float], sign: int = 1) -> tuple[float, float]:
+    """(wall, cpu) of ``first`` plus (``sign=1``) or minus (``sign=-1``) each of ``rest``."""
+    return (first[0] + sign * sum(r[0] for r in rest), first[1] + sign * sum(r[1] for r in rest))
+
+
+def phase_row(times: dict[str, tuple[float, float]], step: tuple[float, float] | None = None) -> dict[str, float]:
+    """Per-step extras from ``{phase: (wall, cpu)}``: ``<phase>`` wall and ``cpu_<phase>``; with the step's
+    own (wall, cpu), ``other_s`` is what the phases leave of it."""
+    row: dict[str, float] = {}
+    for key, (wall, cpu) in times.items():
+        row[key], row[f"cpu_{key}"] = wall, cpu
+    if step is not None:
+        timed = [k for k, _ in PHASES if k != "other_s" and k in times]
+        row["other_s"] = step[0] - sum(times[k][0] for k in timed)
+        row["cpu_other_s"] = step[1] - sum(times[k][1] for k in timed)
+    return row
 
 
 def generate_probe(calls: list[dict[str, int]]) -> Callable[[tuple, dict, Any], None]:
@@ -165,14 +248,18 @@ class StepRecorder:
         self.cpu_times: list[float] = []
         self.extras: list[dict[str, float]] = []
 
-    def step_end(self, extras: dict[str, float] | None = None) -> None:
+    def step_end(self, phases: dict[str, tuple[float, float]] | None = None,
+                 extras: dict[str, float] | None = None) -> None:
+        """Close a step: its wall and CPU time, its ``phases`` ((wall, cpu) each, see `phase_row`) and
+        ``extras``."""
         self.sync()
         now = (time.perf_counter(), time.process_time())
         self.step += 1
         if self.step > self.warmup and self._last is not None:
-            self.step_times.append(now[0] - self._last[0])
-            self.cpu_times.append(now[1] - self._last[1])
-            self.extras.append(dict(extras or {}))
+            step = (now[0] - self._last[0], now[1] - self._last[1])
+            self.step_times.append(step[0])
+            self.cpu_times.append(step[1])
+            self.extras.append({**(phase_row(phases, step) if phases else {}), **(extras or {})})
         self._last = now
 
     def summary(self) -> dict[str, Any]:
@@ -211,7 +298,7 @@ def environment() -> dict[str, Any]:
 
 
 def run_side(side: str, settings: BenchSettings, timeout: float = 1800) -> dict[str, Any]:
-    """Run one side (``"ours"`` or ``"trl"``) in a fresh interpreter, so its peak RSS and import state
+    """Run one side (one of `SIDES`) in a fresh interpreter, so its peak RSS and import state
     are its own; returns the worker's result with the load average before and after."""
     import json
     import subprocess

@@ -14,16 +14,12 @@ from _grpo_bench_common import (
     BenchSettings,
     CallTimer,
     StepRecorder,
+    combine,
     cuda_sync,
-    describe,
     generate_probe,
     make_records,
     peak_rss_mib,
 )
-
-PHASES = ("rollout", "reward", "logprobs", "backward")
-"""The phases of `GRPOGroundingModule`'s step, as its own ``time/<phase>_s`` logs name them; backward
-includes the policy forward, clipping and AdamW."""
 
 
 def _fixed_length_policy_class() -> type:
@@ -40,7 +36,7 @@ def _fixed_length_policy_class() -> type:
     return FixedLengthQwenVLPolicy
 
 
-def build_module(s: BenchSettings) -> Any:
+def build_module(s: BenchSettings, prefill_once: bool = True) -> Any:
     """The policy and module with the benchmark's settings (full fine-tune trains the vision tower too,
     like TRL; samples logging off, like TRL's default ``log_completions=False``)."""
     from medloc_lightning.module import GRPOGroundingModule
@@ -48,58 +44,71 @@ def build_module(s: BenchSettings) -> Any:
 
     rows = s.prompts * s.generations
     policy = _fixed_length_policy_class()(
-        s.model_dir, min_pixels=56 * 56, max_pixels=s.pixels, max_new_tokens=s.new_tokens, dtype=s.dtype,
-        lora_r=s.lora_r if s.variant == "lora" else 0, lora_alpha=16, lora_dropout=0.05,
-        freeze_vision=s.variant == "lora", logprob_batch_size=rows)
+        s.model_dir, min_pixels=s.min_pixels, max_pixels=s.pixels, prompt_template=s.prompt_template,
+        max_new_tokens=s.new_tokens, dtype=s.dtype, lora_r=s.lora_r if s.variant == "lora" else 0, lora_alpha=16,
+        lora_dropout=0.05, freeze_vision=s.variant == "lora", logprob_batch_size=rows, prefill_once=prefill_once)
     return GRPOGroundingModule(
         policy, num_generations=s.generations, temperature=s.temperature, reward=GroundingReward(),
         iou_threshold=s.tau, beta=s.beta, loss_type=s.loss_type, micro_batch_size=rows,
         learning_rate=s.learning_rate, max_grad_norm=1.0, seed=s.seed)
 
 
-def run_ours(s: BenchSettings) -> dict[str, Any]:
-    """Train ``warmup + steps`` steps; step wall times, phase split, generate time, peak RSS.
+def run_ours(s: BenchSettings, prefill_once: bool = True) -> dict[str, Any]:
+    """Train ``warmup + steps`` steps; step wall and CPU times, the phase split, rewards, peak RSS.
 
-    Phases are timed here by wrapping the module's own calls (not read from its logs, which it only
-    builds on logging steps): ``policy.sample`` (rollout), ``_logprobs_no_grad`` (old/ref log-probs),
-    ``_optimize`` minus those (forward + backward + clip + AdamW), ``_log_step``, and ``_grpo_step`` minus
-    all of them (reward + advantages + bookkeeping).
+    Phases are timed by wrapping the module's and the model's own calls: prefill = `qwen_prefill.prefill`
+    inside ``policy._generate`` + generate's ``_prefill``; decode = ``_generate`` minus prefill; reference =
+    ``_logprobs_no_grad``; log-probs = ``_chunk_loss`` (policy forward + loss); backward = ``_optimize``
+    minus those two (backward, clipping, AdamW).
     """
     import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader
 
+    from medloc_lightning.policies import qwen_prefill
+
     sync = cuda_sync(s.device)
     recorder = StepRecorder(s.warmup, sync)
     shapes: list[dict[str, int]] = []
-    lengths: list[float] = []
+    stats: list[dict[str, float]] = []
     timers: dict[str, CallTimer] = {}
 
     def rollout_probe(args: tuple, kwargs: dict, rollout: Any) -> None:
-        lengths.append(float(rollout.mask.sum(1).float().mean()))
+        stats.append({"completion_length": float(rollout.mask.sum(1).float().mean())})
+
+    def step_probe(args: tuple, kwargs: dict, step: Any) -> None:
+        stats[-1].update(reward=float(step.rewards.float().mean()), zero_std_groups=float(step.zero_std.float().mean()),
+                         parsed=float(torch.isfinite(step.rollout.boxes).all(1).float().mean()))
 
     class Recorder(pl.Callback):
         def on_train_start(self, trainer: Any, module: Any) -> None:
-            timers["generate"] = CallTimer(module.policy.model, "generate", sync, generate_probe(shapes))
-            timers["rollout"] = CallTimer(module.policy, "sample", sync, rollout_probe)
-            timers["logprobs"] = CallTimer(module, "_logprobs_no_grad", sync)
+            policy = module.policy
+            base = qwen_prefill.base_model(policy.model)
+            timers["generate_call"] = CallTimer(policy, "_generate", sync)
+            timers["generate"] = CallTimer(base, "generate", sync, generate_probe(shapes))
+            timers["hf_prefill"] = CallTimer(base, "_prefill", sync)
+            timers["shared_prefill"] = CallTimer(qwen_prefill, "prefill", sync,
+                                                 active=lambda: timers["generate_call"].depth > 0)
+            timers["rollout"] = CallTimer(policy, "sample", sync, rollout_probe)
+            timers["reward"] = CallTimer(module, "_rollout", sync, step_probe)
+            timers["reference"] = CallTimer(module, "_logprobs_no_grad", sync)
+            timers["logprobs"] = CallTimer(module, "_chunk_loss", sync)
             timers["optimize"] = CallTimer(module, "_optimize", sync)
-            timers["log_step"] = CallTimer(module, "_log_step", sync)
-            timers["grpo_step"] = CallTimer(module, "_grpo_step", sync)
 
         def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             t = {name: timer.take() for name, timer in timers.items()}
-            recorder.step_end({
-                "rollout_s": t["rollout"], "generate_s": t["generate"], "logprobs_s": t["logprobs"],
-                "backward_s": t["optimize"] - t["logprobs"], "log_step_s": t["log_step"],
-                "reward_s": t["grpo_step"] - t["rollout"] - t["optimize"] - t["log_step"],
-                "completion_length": lengths[-1]})
+
+            prefill = combine(t["hf_prefill"], t["shared_prefill"])
+            phases = {"prefill_s": prefill, "decode_s": combine(t["generate_call"], prefill, sign=-1),
+                      "reference_s": t["reference"], "logprobs_s": t["logprobs"],
+                      "backward_s": combine(t["optimize"], t["reference"], t["logprobs"], sign=-1)}
+            recorder.step_end(phases, {"generate_s": t["generate"][0], "rollout_s": t["rollout"][0], **stats[-1]})
 
     pl.seed_everything(s.seed, verbose=False)
     start = time.perf_counter()
-    module = build_module(s)
-    loader = DataLoader(make_records(s.prompts * s.total_steps, s.image_size, s.seed), batch_size=s.prompts,
-                        shuffle=False, collate_fn=list)
+    module = build_module(s, prefill_once)
+    records = make_records(s.prompts * s.total_steps, s.image_size, s.seed, s.records)
+    loader = DataLoader(records, batch_size=s.prompts, shuffle=False, collate_fn=list)
     accelerator = "gpu" if s.device.startswith("cuda") else "cpu"
     precision = "bf16-true" if s.dtype == "bfloat16" and accelerator == "gpu" else "32-true"
     with tempfile.TemporaryDirectory(prefix="grpo-bench-ours-") as root, warnings.catch_warnings():
@@ -111,11 +120,8 @@ def run_ours(s: BenchSettings) -> dict[str, Any]:
                              callbacks=[Recorder()])
         trainer.fit(module, train_dataloaders=loader)
     out = recorder.summary()
-    # Everything in a step outside the four timed phases: Lightning's loop, hooks, logging, data loading.
-    overhead = [t - sum(e.get(f"{p}_s", 0.0) for p in PHASES) for t, e in zip(recorder.step_times, recorder.extras)]
-    out["extras"]["overhead_s"] = describe(overhead)
-    out.update(side="ours", wall_s=time.perf_counter() - start, peak_rss_mib=peak_rss_mib(),
-               generate_calls=shapes[s.warmup:], trainable_params=_trainable(module))
+    out.update(side="ours" if prefill_once else "ours_plain", wall_s=time.perf_counter() - start,
+               peak_rss_mib=peak_rss_mib(), generate_calls=shapes[s.warmup:], trainable_params=_trainable(module))
     if s.device.startswith("cuda"):
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out

@@ -15,6 +15,7 @@ from _grpo_bench_common import (
     BenchSettings,
     CallTimer,
     StepRecorder,
+    combine,
     cuda_sync,
     describe,
     generate_probe,
@@ -28,10 +29,10 @@ def _dataset(s: BenchSettings) -> Any:
 
     from medloc_lightning.parsing import build_prompt
 
-    records = make_records(s.prompts * s.total_steps, s.image_size, s.seed)
+    records = make_records(s.prompts * s.total_steps, s.image_size, s.seed, s.records)
     return Dataset.from_dict({
         # A string user turn: TRL puts the image placeholder before the text, like our prompt.
-        "prompt": [[{"role": "user", "content": build_prompt(r["query"])}] for r in records],
+        "prompt": [[{"role": "user", "content": build_prompt(r["query"], s.prompt_template)}] for r in records],
         "image": [r["image"] for r in records],
         "solution": [r["bbox"] for r in records],
         "width": [r["width"] for r in records],
@@ -51,9 +52,9 @@ def build_trainer(s: BenchSettings, output_dir: str, callbacks: list[Any]) -> An
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[s.dtype]
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(s.model_dir, dtype=dtype)
-    processor = load_processor(s.model_dir, min_pixels=56 * 56, max_pixels=s.pixels)
+    processor = load_processor(s.model_dir, min_pixels=s.min_pixels, max_pixels=s.pixels)
     reward = TRLRewardFunction(GroundingReward(), tau=s.tau, bbox_column="solution",
-                               size_columns=("width", "height"), min_pixels=56 * 56, max_pixels=s.pixels)
+                               size_columns=("width", "height"), min_pixels=s.min_pixels, max_pixels=s.pixels)
     on_gpu = s.device.startswith("cuda")
     config = GRPOConfig(
         output_dir=output_dir, use_cpu=not on_gpu, bf16=on_gpu and s.dtype == "bfloat16", fp16=False,
@@ -73,7 +74,12 @@ def build_trainer(s: BenchSettings, output_dir: str, callbacks: list[Any]) -> An
 
 
 def run_trl(s: BenchSettings) -> dict[str, Any]:
-    """Train ``warmup + steps`` steps; step wall times, TRL's logged metrics, generate time, peak RSS."""
+    """Train ``warmup + steps`` steps; step wall and CPU times, the phase split, TRL's logged metrics, peak RSS.
+
+    Phases: prefill = generate's ``_prefill``; decode = ``generate`` minus it; reference = no-grad calls of
+    ``_get_per_token_logps_and_entropies`` (the reference with beta > 0); log-probs = ``compute_loss``
+    (policy forward + loss); backward = ``accelerator.backward`` + ``_clip_grad_norm`` + ``optimizer.step``.
+    """
     import torch
     from transformers import TrainerCallback
 
@@ -84,8 +90,15 @@ def run_trl(s: BenchSettings) -> dict[str, Any]:
     timers: dict[str, CallTimer] = {}
 
     class Recorder(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+            timers["optimizer"] = CallTimer(optimizer, "step", sync)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            recorder.step_end({f"{name}_s": timer.take() for name, timer in timers.items()})
+            t = {name: timer.take() for name, timer in timers.items()}
+            phases = {"prefill_s": t["prefill"], "decode_s": combine(t["generate"], t["prefill"], sign=-1),
+                      "reference_s": t["reference"], "logprobs_s": t["loss_forward"],
+                      "backward_s": combine(t["backward"], t["clip"], t["optimizer"])}
+            recorder.step_end(phases, {"generate_s": t["generate"][0], "prepare_s": t["prepare"][0]})
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
@@ -95,16 +108,22 @@ def run_trl(s: BenchSettings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="grpo-bench-trl-") as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = build_trainer(s, root, [Recorder()])
-        timers["generate"] = CallTimer(trainer.model, "generate", sync, generate_probe(shapes))
-        # TRL's phases: prompt processing + generate + decode + reward + advantages (+ ref log-probs when
-        # beta > 0), then the loss forward; backward + clip + optimizer are the rest of the step.
+        model = trainer.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        timers["generate"] = CallTimer(base, "generate", sync, generate_probe(shapes))
+        timers["prefill"] = CallTimer(base, "_prefill", sync)
+        timers["reference"] = CallTimer(trainer, "_get_per_token_logps_and_entropies", sync,
+                                        active=lambda: not torch.is_grad_enabled())
+        # prompt processing + generate + decode + reward + advantages (+ reference log-probs when beta > 0)
         timers["prepare"] = CallTimer(trainer, "_generate_and_score_completions", sync)
         timers["loss_forward"] = CallTimer(trainer, "compute_loss", sync)
+        timers["backward"] = CallTimer(trainer.accelerator, "backward", sync)
+        timers["clip"] = CallTimer(trainer, "_clip_grad_norm", sync)
         trainer.train()
     out = recorder.summary()
     # TRL logs after on_step_end, so its log of step k joins the recorder's row for step k here.
     renames = {"completions/mean_length": "completion_length", "step_time": "trl_step_time_s",
-               "reward": "reward", "grad_norm": "grad_norm"}
+               "reward": "reward", "frac_reward_zero_std": "zero_std_groups", "grad_norm": "grad_norm"}
     for row, entry in zip(out["per_step"], step_logs[s.warmup:]):
         row.update({new: entry[old] for old, new in renames.items() if old in entry})
     for new in renames.values():

@@ -19,13 +19,16 @@ def main(argv: list[str]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = BenchSettings(**json.loads(settings_json))
     configure_threads(settings.threads)
-    if side == "ours":
-        from _grpo_bench_ours import run_ours as run
+    if side in ("ours", "ours_plain"):
+        from _grpo_bench_ours import run_ours
+
+        result = run_ours(settings, prefill_once=side == "ours")
     elif side == "trl":
-        from _grpo_bench_trl import run_trl as run
+        from _grpo_bench_trl import run_trl
+
+        result = run_trl(settings)
     else:
-        raise ValueError(f"side must be 'ours' or 'trl', got {side!r}")
-    result = run(settings)
+        raise ValueError(f"side must be one of 'ours', 'ours_plain', 'trl', got {side!r}")
     import torch
 
     result["torch_threads"] = torch.get_num_threads()

@@ -1,14 +1,17 @@
-"""GPU GRPO step: ours (Lightning) vs TRL ``GRPOTrainer`` on (a) the tiny model and (b) the Qwen2.5-VL-3B
-architecture with random weights, bf16, 2 prompts x G=8 completions x 32 new tokens, 224 px images.
+"""GPU GRPO step: ours (Lightning; prefill once per prompt, and the plain path) vs TRL ``GRPOTrainer`` on (a) the
+tiny model and (b) a real Qwen2.5-VL checkpoint (``--checkpoint DIR``) or, without one, the Qwen2.5-VL-3B
+architecture with random weights; bf16, 2 prompts x G=8 completions x 64 new tokens, 448 px synthetic images.
 
-Records per model and side: step time (median, IQR), rollout tokens/s (completion tokens / time in
-``model.generate``), peak GPU memory (``torch.cuda.max_memory_allocated``) and the card's name. Fully
-offline: the 3B folder is built here from the public config with random init (see
-``_grpo_bench_models.py``). Each (model, side) runs in its own interpreter; a failing one is recorded
-with its error and the rest still run. TRL needs ``trl`` and ``datasets`` importable; without them the TRL
-rows are recorded as skipped (docs/benchmarks.md shows how to carry the wheels).
+Records per model and side: step time (median, IQR), the phases (prefill, decode, reference, log-probs,
+backward), rollout tokens/s (completion tokens / time in ``model.generate``), peak GPU memory
+(``torch.cuda.max_memory_allocated``) and the card's name. Fully offline: the checkpoint is a local folder
+(``huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct --local-dir DIR`` beforehand), the random 3B folder is
+built here from the public config (``_grpo_bench_models.py``). Each (model, side) runs in its own
+interpreter; a failing one is recorded with its error and the rest still run. TRL needs ``trl`` and
+``datasets`` importable; without them the TRL rows are recorded as skipped (docs/gpu.md shows how to carry
+the wheels).
 
-Run on a GPU machine:  python benchmarks/gpu_grpo_step.py --out $OUT/gpu.json
+Run on a GPU machine:  python benchmarks/gpu_grpo_step.py --checkpoint /models/qwen2.5-vl-3b --out $OUT/gpu.json
 CPU smoke test:        python benchmarks/gpu_grpo_step.py --device cpu --tiny-only --warmup 1 --steps 2
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from _grpo_bench_common import BenchSettings, environment, run_side  # noqa: E402
 
+from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
+
 
 def missing_for_trl() -> list[str]:
     """The packages TRL's side needs that this interpreter cannot import."""
@@ -45,21 +50,24 @@ def row(model: str, side: str, result: dict[str, Any], params: int) -> dict[str,
             "rollout_tokens_per_s": rows * length / generate if generate else None,
             "peak_gpu_mib": result.get("peak_gpu_mib"), "peak_rss_mib": result["peak_rss_mib"],
             "device_name": result.get("device_name"), "prompt_len": calls[0]["prompt_len"] if calls else None,
-            "phases_s": {k: v["median"] for k, v in result["extras"].items() if k.endswith("_s")}}
+            "phases_s": {k: v["median"] for k, v in result["extras"].items() if k.endswith("_s") and "median" in v}}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | side | params | step s (median) | IQR s | rollout tok/s | generate s | peak GPU MiB "
-             "| peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    phases = ("prefill_s", "decode_s", "reference_s", "logprobs_s", "backward_s")
+    head = " | ".join(p[:-2] + " s" for p in phases)
+    lines = [f"| model | side | params | prompt tokens | step s (median) | IQR s | {head} | rollout tok/s "
+             "| peak GPU MiB | peak RSS MiB |", "|---|---|---|---|---|---|" + "---|" * (len(phases) + 3)]
     for r in rows:
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['model']} | {r['side']} | | {r.get('skipped') or 'FAILED: ' + r['error'][:80]} "
-                         "| | | | | |")
+            lines.append(f"| {r['model']} | {r['side']} | | | {r.get('skipped') or 'FAILED: ' + r['error'][:80]} |"
+                         + " |" * (len(phases) + 4))
             continue
         gpu = f"{r['peak_gpu_mib']:.0f}" if r["peak_gpu_mib"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['side']} | {r['params'] / 1e6:.1f} M | {r['step_s']['median']:.3f} "
-                     f"| {r['step_s']['iqr']:.3f} | {r['rollout_tokens_per_s']:.0f} | {r['generate_s']:.3f} "
-                     f"| {gpu} | {r['peak_rss_mib']:.0f} |")
+        split = " | ".join(f"{r['phases_s'].get(p, float('nan')):.3f}" for p in phases)
+        lines.append(f"| {r['model']} | {r['side']} | {r['params'] / 1e6:.1f} M | {r['prompt_len']} "
+                     f"| {r['step_s']['median']:.3f} | {r['step_s']['iqr']:.3f} | {split} "
+                     f"| {r['rollout_tokens_per_s']:.0f} | {gpu} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
 
@@ -67,10 +75,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "gpu_grpo_step.json"))
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test)")
-    ap.add_argument("--tiny-only", action="store_true", help="skip the 3B-architecture model")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a local Qwen2.5-VL folder (e.g. Qwen2.5-VL-3B-Instruct) instead of the random 3B weights")
+    ap.add_argument("--tiny-only", action="store_true", help="skip the second model")
     ap.add_argument("--smoke-3b", action="store_true",
                     help="a one-layer narrow 3B-vocab model instead of the real 3B sizes (CPU smoke test)")
-    ap.add_argument("--sides", default="ours,trl")
+    ap.add_argument("--sides", default="ours,ours_plain,trl")
+    ap.add_argument("--image-size", type=int, default=448, help="synthetic image side (448 px: 256 image tokens)")
+    ap.add_argument("--max-pixels", type=int, default=None, help="processor cap (default: image size squared)")
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--generations", type=int, default=8)
@@ -96,11 +109,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from _grpo_bench_models import build_qwen2_5_vl_3b, parameter_count
         from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
 
-        models = [("tiny", lambda: tiny_qwen_path(cache_dir=tmp))]
-        if not args.tiny_only:
+        pixels = args.max_pixels or args.image_size ** 2
+        models = [("tiny", lambda: tiny_qwen_path(cache_dir=tmp, max_pixels=max(pixels, 56 * 56)))]
+        if args.checkpoint and not args.tiny_only:
+            models.append((Path(args.checkpoint).name, lambda: args.checkpoint))
+        elif not args.tiny_only:
             name = "3b-arch-smoke" if args.smoke_3b else "qwen2.5-vl-3b-arch"
             models.append((name, lambda: build_qwen2_5_vl_3b(Path(tmp) / name, device=args.device, dtype=dtype,
-                                                             smoke=args.smoke_3b)))
+                                                             smoke=args.smoke_3b, max_pixels=pixels)))
         for model_name, build in models:
             clock = time.perf_counter()
             try:
@@ -115,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[{model_name}] built in {time.perf_counter() - clock:.1f} s, {params / 1e6:.1f} M params",
                   flush=True)
             settings = BenchSettings(model_dir=model_dir, variant="full", generations=args.generations,
-                                     warmup=args.warmup, steps=args.steps, device=args.device, dtype=dtype,
-                                     threads=threads)
+                                     new_tokens=args.new_tokens, image_size=args.image_size, max_pixels=pixels,
+                                     prompt_template=DEFAULT_PROMPT_TEMPLATE, warmup=args.warmup, steps=args.steps,
+                                     device=args.device, dtype=dtype, threads=threads)
             settings_used = {k: v for k, v in settings.to_dict().items() if k != "model_dir"}
             for side in sides:
                 if side == "trl" and missing_for_trl():

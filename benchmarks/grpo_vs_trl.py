@@ -1,12 +1,18 @@
 """GRPO step time on CPU: our `GRPOGroundingModule` (Lightning) versus TRL's ``GRPOTrainer``, same problem.
 
-Tiny random Qwen2.5-VL, 2 prompts x 8 completions x exactly 32 new tokens, 224 px noise images,
-temperature 0.9, loss ``grpo``, our threshold reward on both sides, one torch thread. Each side runs in its
-own fresh interpreter (so peak RSS is its own), interleaved ours, TRL, ours, TRL, ... so machine noise
-hits both; ratios are taken within a round and over the pooled steps.
+Default model: the shipped tiny grounding prior (``medloc_lightning/checkpoints/tiny-qwen2.5-vl-grounding``),
+so rewards, advantages and gradients are not all zero; without it, a random model of the same dimensions
+(and a warning that rewards will be zero). 2 synthetic 84 px prompts x 8 completions x exactly 33 new tokens,
+the prior's prompt template, temperature 0.9, loss ``grpo``, our threshold reward (tau 0.3) on all sides,
+one torch thread. Three sides: ours (prefill once per prompt, the default), ours_plain (``prefill_once=False``:
+the before of that change) and TRL. Each side runs in its own fresh interpreter (so peak RSS is its own),
+interleaved ours, ours_plain, TRL, ... so machine noise hits all; ratios are taken within a round and over
+the pooled steps. Every side reports the same phases (prefill, decode, reference, log-probs, backward) in wall
+and process-CPU time.
 
-Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py [--rounds 3] [--variants full,lora]
-     [--warmup 3] [--steps 12] [--out benchmarks/results/grpo_vs_trl.json]
+Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py [--model-dir DIR] [--rounds 3]
+     [--variants full,lora] [--sides ours,ours_plain,trl] [--warmup 3] [--steps 12]
+     [--out benchmarks/results/grpo_vs_trl.json]
 """
 from __future__ import annotations
 
@@ -22,147 +28,168 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from _grpo_bench_common import VARIANTS, BenchSettings, describe, environment, run_side  # noqa: E402
+from _grpo_bench_common import (  # noqa: E402
+    PHASES,
+    SIDES,
+    VARIANTS,
+    BenchSettings,
+    describe,
+    environment,
+    resolve_model_dir,
+    run_side,
+)
 
-OUR_PHASES = (("rollout_s", "rollout (encode + generate + decode + parse)"),
-              ("generate_s", "  of which model.generate"),
-              ("reward_s", "reward + advantages"),
-              ("logprobs_s", "no-grad log-probs (old/ref)"),
-              ("backward_s", "policy forward + backward + clip + AdamW"),
-              ("overhead_s", "Lightning loop, hooks, logging, data"),
-              ("log_step_s", "  of which the module's metric logging (_log_step)"))
-TRL_PHASES = (("prepare_s", "_generate_and_score_completions (prompts, images, generate, decode, reward)"),
-              ("generate_s", "  of which model.generate"),
-              ("loss_forward_s", "compute_loss (policy forward + loss)"),
-              ("rest_s", "backward + clip + AdamW + Trainer loop, logging, data"))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LABELS = {"ours": "ours", "ours_plain": "ours, plain prefill", "trl": "TRL"}
 
 
 def pooled(runs: list[dict[str, Any]], key: str | None = None) -> list[float]:
     """Every timed step's value of ``key`` over ``runs``: None for the wall step time, ``"cpu"`` for the
-    process CPU time of the step, else a per-step extra."""
+    process CPU time of the step, else a per-step extra (e.g. ``decode_s`` or ``cpu_decode_s``)."""
     if key is None:
         return [t for run in runs for t in run["step_times"]]
     if key == "cpu":
         return [t for run in runs for t in run["cpu_times"]]
-    parts = {"overhead_s": ("rollout_s", "reward_s", "logprobs_s", "backward_s"),  # ours: the step minus phases
-             "rest_s": ("prepare_s", "loss_forward_s")}  # TRL: the step minus its two timed calls
-    if key in parts:
-        return [t - sum(row.get(p, 0.0) for p in parts[key])
-                for run in runs for t, row in zip(run["step_times"], run["per_step"])]
     return [row[key] for run in runs for row in run["per_step"] if key in row]
 
 
-def summarize_variant(ours: list[dict[str, Any]], trl: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled step-time statistics per side, the ratios, our phase split and the parity checks."""
-    ours_step, trl_step = describe(pooled(ours)), describe(pooled(trl))
-    ours_cpu, trl_cpu = describe(pooled(ours, "cpu")), describe(pooled(trl, "cpu"))
-
-    def per_round(key: str) -> list[float]:
-        return [describe(o[key])["median"] / describe(t[key])["median"] for o, t in zip(ours, trl)]
-
-    phases = {key: describe(pooled(ours, key)) for key, _ in OUR_PHASES}
+def summarize_side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled step times, phases (wall and CPU), rewards and peak RSS of one side's runs."""
+    step = describe(pooled(runs))
+    lengths = describe(pooled(runs, "completion_length"))
+    rows = runs[0]["generate_calls"][0]["output_rows"] if runs[0]["generate_calls"] else 0
+    tokens = rows * lengths.get("median", 0.0)
     return {
-        "ours_step_s": ours_step, "trl_step_s": trl_step, "ours_cpu_step_s": ours_cpu, "trl_cpu_step_s": trl_cpu,
-        "ratio_ours_over_trl": ours_step["median"] / trl_step["median"],
-        "ratio_per_round": per_round("step_times"),
-        "cpu_ratio_ours_over_trl": ours_cpu["median"] / trl_cpu["median"],
-        "cpu_ratio_per_round": per_round("cpu_times"),
-        "ours_phases_s": phases,
-        "trl_generate_s": describe(pooled(trl, "generate_s")),
-        "trl_phases_s": {key: describe(pooled(trl, key)) for key, _ in TRL_PHASES},
-        "trl_step_time_metric_s": describe(pooled(trl, "trl_step_time_s")),
-        "completion_length": {"ours": describe(pooled(ours, "completion_length")),
-                              "trl": describe(pooled(trl, "completion_length"))},
-        "peak_rss_mib": {"ours": [r["peak_rss_mib"] for r in ours], "trl": [r["peak_rss_mib"] for r in trl]},
-        "generate_call": {"ours": ours[0]["generate_calls"][:1], "trl": trl[0]["generate_calls"][:1]},
-        "trainable_params": {"ours": ours[0]["trainable_params"], "trl": trl[0]["trainable_params"]},
-        "per_token_ms": {"ours": 1e3 * ours_step["median"] / _tokens(ours),
-                         "trl": 1e3 * trl_step["median"] / _tokens(trl)},
+        "step_s": step, "cpu_step_s": describe(pooled(runs, "cpu")),
+        "phases_s": {key: describe(pooled(runs, key)) for key, _ in PHASES},
+        "cpu_phases_s": {key: describe(pooled(runs, f"cpu_{key}")) for key, _ in PHASES},
+        "generate_s": describe(pooled(runs, "generate_s")),
+        "reward": describe(pooled(runs, "reward")), "zero_std_groups": describe(pooled(runs, "zero_std_groups")),
+        "completion_length": lengths, "completion_tokens_per_step": tokens,
+        "wall_ms_per_completion_token": 1e3 * step["median"] / tokens if tokens else None,
+        "peak_rss_mib": [r["peak_rss_mib"] for r in runs], "trainable_params": runs[0]["trainable_params"],
+        "generate_call": runs[0]["generate_calls"][:1], "per_round_step_median": [r["step_s"]["median"] for r in runs],
+        "per_round_cpu_median": [r["cpu_step_s"]["median"] for r in runs],
     }
 
 
-def _tokens(runs: list[dict[str, Any]]) -> float:
-    """Completion tokens per step (rows x mean completion length)."""
-    call = runs[0]["generate_calls"][0]
-    return call["output_rows"] * describe(pooled(runs, "completion_length"))["median"]
+def ratios(side: dict[str, Any], trl: dict[str, Any]) -> dict[str, Any]:
+    """``side`` over TRL: pooled medians, per round (runs made side by side) and peak RSS."""
+    return {
+        "wall": side["step_s"]["median"] / trl["step_s"]["median"],
+        "cpu": side["cpu_step_s"]["median"] / trl["cpu_step_s"]["median"],
+        "wall_per_round": [a / b for a, b in zip(side["per_round_step_median"], trl["per_round_step_median"])],
+        "cpu_per_round": [a / b for a, b in zip(side["per_round_cpu_median"], trl["per_round_cpu_median"])],
+        "peak_rss": max(side["peak_rss_mib"]) / max(trl["peak_rss_mib"]),
+    }
+
+
+def summarize_variant(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    sides = {side: summarize_side([r for r in runs if r["side"] == side]) for side in SIDES
+             if any(r["side"] == side for r in runs)}
+    out: dict[str, Any] = {"sides": sides}
+    if "trl" in sides:
+        out["over_trl"] = {side: ratios(s, sides["trl"]) for side, s in sides.items() if side != "trl"}
+    if {"ours", "ours_plain"} <= set(sides):
+        out["prefill_once_over_plain"] = ratios(sides["ours"], sides["ours_plain"])
+    return out
+
+
+def _fmt(d: dict[str, float], digits: int = 4) -> str:
+    return f"{d['median']:.{digits}f}" if d.get("n") else "–"
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
-    """The results as markdown tables: step times and ratios, then our phase split."""
-    lines = ["| variant | side | wall s/step, median | wall IQR (q1-q3) | CPU s/step, median | steps "
-             "| model.generate s | completion tokens | wall ms / completion token | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for variant, s in summary.items():
-        for side, step, cpu, gen in (("ours", s["ours_step_s"], s["ours_cpu_step_s"], s["ours_phases_s"]["generate_s"]),
-                                     ("TRL", s["trl_step_s"], s["trl_cpu_step_s"], s["trl_generate_s"])):
-            key = side.lower()
-            rss = s["peak_rss_mib"][key]
-            lines.append(f"| {variant} | {side} | {step['median']:.3f} | {step['iqr']:.3f} "
-                         f"({step['q1']:.3f}-{step['q3']:.3f}) | {cpu['median']:.3f} | {step['n']} "
-                         f"| {gen['median']:.3f} | {s['completion_length'][key]['median']:.1f} "
-                         f"| {s['per_token_ms'][key]:.2f} | {max(rss):.0f} ({', '.join(f'{v:.0f}' for v in rss)}) |")
-        wall_rounds = ", ".join(f"{r:.2f}" for r in s["ratio_per_round"])
-        cpu_rounds = ", ".join(f"{r:.2f}" for r in s["cpu_ratio_per_round"])
-        lines.append(f"| {variant} | **ours / TRL** | **{s['ratio_ours_over_trl']:.2f}x** | rounds: {wall_rounds} "
-                     f"| **{s['cpu_ratio_ours_over_trl']:.2f}x** | rounds: {cpu_rounds} | | | | "
-                     f"{max(s['peak_rss_mib']['ours']) / max(s['peak_rss_mib']['trl']):.2f}x |")
-    for variant, s in summary.items():
-        for side, phases, labels, step in (("Our", s["ours_phases_s"], OUR_PHASES, s["ours_step_s"]),
-                                           ("TRL's", s["trl_phases_s"], TRL_PHASES, s["trl_step_s"])):
-            total = step["median"]
-            lines += ["", f"{side} step by phase ({variant}; wall medians over timed steps, share of the median "
-                      "step):", "", "| phase | median s | IQR s | share |", "|---|---|---|---|"]
-            for key, label in labels:
-                d = phases[key]
-                if d.get("n"):
-                    lines.append(f"| {label} | {d['median']:.4f} | {d['iqr']:.4f} "
-                                 f"| {100 * d['median'] / total:.0f}% |")
-            lines.append(f"| whole step | {total:.4f} | {step['iqr']:.4f} | 100% |")
+    """Step times and ratios, then the phase table per variant (the before/after of prefill-once included)."""
+    lines = ["| variant | side | wall s/step, median (IQR) | CPU s/step, median | mean reward | groups with zero "
+             "reward std | ms / completion token | peak RSS MiB (runs) |", "|---|---|---|---|---|---|---|---|"]
+    for variant, v in summary.items():
+        for side, s in v["sides"].items():
+            rss = ", ".join(f"{x:.0f}" for x in s["peak_rss_mib"])
+            per_token = s["wall_ms_per_completion_token"]
+            lines.append(f"| {variant} | {LABELS[side]} | {s['step_s']['median']:.3f} ({s['step_s']['iqr']:.3f}) "
+                         f"| {s['cpu_step_s']['median']:.3f} | {_fmt(s['reward'], 3)} "
+                         f"| {_fmt(s['zero_std_groups'], 2)} "
+                         f"| {per_token:.2f} | {max(s['peak_rss_mib']):.0f} ({rss}) |" if per_token else
+                         f"| {variant} | {LABELS[side]} | {s['step_s']['median']:.3f} | | | | | |")
+        for side, r in v.get("over_trl", {}).items():
+            rounds = ", ".join(f"{x:.2f}" for x in r["wall_per_round"])
+            cpu_rounds = ", ".join(f"{x:.2f}" for x in r["cpu_per_round"])
+            lines.append(f"| {variant} | **{LABELS[side]} / TRL** | **{r['wall']:.2f}x** (rounds {rounds}) "
+                         f"| **{r['cpu']:.2f}x** (rounds {cpu_rounds}) | | | | {r['peak_rss']:.2f}x |")
+    for variant, v in summary.items():
+        sides = v["sides"]
+        names = list(sides)
+        lines += ["", f"Phases ({variant}): median seconds per step, wall / CPU.", "",
+                  "| phase | " + " | ".join(f"{LABELS[n]} wall | {LABELS[n]} CPU" for n in names) + " |",
+                  "|---|" + "---|---|" * len(names)]
+        for key, label in PHASES:
+            cells = [f"{_fmt(sides[n]['phases_s'][key])} | {_fmt(sides[n]['cpu_phases_s'][key])}" for n in names]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells = [f"{_fmt(sides[n]['step_s'])} | {_fmt(sides[n]['cpu_step_s'])}" for n in names]
+        lines.append("| whole step | " + " | ".join(cells) + " |")
+        if "prefill_once_over_plain" in v:
+            r = v["prefill_once_over_plain"]
+            lines.append(f"\nPrefill once / plain prefill ({variant}): {r['wall']:.2f}x wall, {r['cpu']:.2f}x CPU, "
+                         f"{r['peak_rss']:.2f}x peak RSS.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "grpo_vs_trl.json"))
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved (ours, TRL) pairs per variant")
+    ap.add_argument("--model-dir", default=None,
+                    help="a Qwen2.5-VL folder (default: the shipped tiny grounding prior, else a random stand-in)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one run of each side) per variant")
     ap.add_argument("--variants", default="full,lora", help=f"comma list of {VARIANTS}")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma list of {SIDES}")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=33, help="every completion is forced to this length")
+    ap.add_argument("--image-size", type=int, default=84)
+    ap.add_argument("--records", default="synth:single", help="'synth:<preset>' or 'noise'")
+    ap.add_argument("--tau", type=float, default=0.3, help="IoU threshold of the reward (the curriculum's start)")
     ap.add_argument("--log-every-n-steps", type=int, default=1,
                     help="our Trainer's logging interval (1 = TRL's logging_steps=1; Lightning's default is 50)")
-    ap.add_argument("--model-dir", default=None, help="a Qwen2.5-VL folder (default: build the tiny one)")
     args = ap.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
+    sides = [s for s in args.sides.split(",") if s]
+    if unknown := set(sides) - set(SIDES):
+        ap.error(f"unknown sides {sorted(unknown)}; choose from {SIDES}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="grpo-bench-model-") as tmp:
-        model_dir = args.model_dir
-        if model_dir is None:
-            from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
-
-            model_dir = str(tiny_qwen_path(cache_dir=tmp))
+        model_dir, model_kind = resolve_model_dir(args.model_dir, REPO_ROOT, tmp)
+        print(f"model: {model_dir} ({model_kind})", flush=True)
         runs: list[dict[str, Any]] = []
         started = time.time()
         for variant in variants:
-            settings = BenchSettings(model_dir=model_dir, variant=variant, warmup=args.warmup, steps=args.steps,
-                                     threads=args.threads, log_every_n_steps=args.log_every_n_steps)
+            settings = BenchSettings(model_dir=model_dir, variant=variant, prompts=args.prompts,
+                                     generations=args.generations, new_tokens=args.new_tokens,
+                                     image_size=args.image_size, records=args.records, tau=args.tau,
+                                     warmup=args.warmup, steps=args.steps, threads=args.threads,
+                                     log_every_n_steps=args.log_every_n_steps)
             for round_index in range(args.rounds):
-                for side in ("ours", "trl"):
+                for side in sides:
                     result = run_side(side, settings)
                     result.update(variant=variant, round=round_index)
                     runs.append(result)
-                    print(f"[{variant} round {round_index}] {side}: median {result['step_s']['median']:.3f} s/step, "
-                          f"peak RSS {result['peak_rss_mib']:.0f} MiB, load {result['loadavg_before'][0]:.2f}"
+                    reward = result["extras"].get("reward", {}).get("median", float("nan"))
+                    print(f"[{variant} round {round_index}] {side}: median {result['step_s']['median']:.3f} s/step "
+                          f"(CPU {result['cpu_step_s']['median']:.3f}), reward {reward:.3f}, peak RSS "
+                          f"{result['peak_rss_mib']:.0f} MiB, load {result['loadavg_before'][0]:.2f}"
                           f"->{result['loadavg_after'][0]:.2f}", flush=True)
-    summary = {v: summarize_variant([r for r in runs if r["variant"] == v and r["side"] == "ours"],
-                                    [r for r in runs if r["variant"] == v and r["side"] == "trl"]) for v in variants}
+    summary = {v: summarize_variant([r for r in runs if r["variant"] == v]) for v in variants}
     table = markdown(summary)
     loads = [r["loadavg_before"][0] for r in runs] + [r["loadavg_after"][0] for r in runs]
     env = environment()
     report = {
         "command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "model": {"dir": model_dir, "kind": model_kind},
         "settings": {k: v for k, v in settings.to_dict().items() if k not in ("model_dir", "variant")},
-        "variants": variants, "rounds": args.rounds, "wall_s": time.time() - started,
+        "variants": variants, "sides": sides, "rounds": args.rounds, "wall_s": time.time() - started,
         "environment": env, "loadavg_1min": {"min": min(loads), "max": max(loads)},
         "summary": summary, "table_markdown": table, "runs": runs,
     }
@@ -170,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print()
-    print(f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, lightning {env['lightning']}; "
-          f"nproc {env['nproc']}; 1-min load during the run {min(loads):.2f}-{max(loads):.2f}")
+    print(f"model {model_dir} ({model_kind}); torch {env['torch']}, transformers {env['transformers']}, trl "
+          f"{env['trl']}, lightning {env['lightning']}; nproc {env['nproc']}; 1-min load during the run "
+          f"{min(loads):.2f}-{max(loads):.2f}")
     print(table)
     print(f"\nwrote {out}")
     return report

@@ -48,6 +48,11 @@ from medloc_lightning.policies.qwen_loading import (
     vision_tower,
     wrap_classes,
 )
+from medloc_lightning.policies.qwen_prefill import (
+    caches_through_backward,
+    generate_with_shared_prefill,
+    score_with_shared_prefill,
+)
 from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
 from medloc_lightning.policies.qwen_prompts import EncodedPrompts, encode_prompts, prompt_text
 
@@ -73,6 +78,14 @@ class QwenVLPolicy(GroundingPolicy):
     """A Qwen2.5-VL checkpoint (local folder, hub name or peft adapter folder) as a `GroundingPolicy`.
 
     ``model_name_or_path="medloc:tiny-qwen2.5-vl"`` builds and uses the tiny offline test model.
+
+    ``prefill_once`` (default) runs each prompt's text prefill once and shares its KV cache among the G
+    samples and scored completions of that prompt (`qwen_prefill`; same log-probs, same samples for a
+    seed); ``False`` is transformers' plain path, which sharded models always take.
+
+    ``reference_dtype`` (default: ``dtype``) is the dtype of the frozen reference copy a full fine-tune keeps
+    when beta > 0: ``"bfloat16"`` halves it next to fp32 master weights (under bf16 autocast its matmuls run
+    in bf16 either way).
 
     Weights load lazily in `configure` (idempotent), so Lightning's ``configure_model`` can run it under a
     sharding strategy; the processor loads at construction. ``lora`` takes any ``peft.LoraConfig`` (DoRA,
@@ -105,12 +118,16 @@ class QwenVLPolicy(GroundingPolicy):
         answer_label: str = "lesion",
         trust_remote_code: bool = False,
         local_files_only: bool = False,
+        prefill_once: bool = True,
+        reference_dtype: DTypeName | None = None,
     ) -> None:
         super().__init__()
         model_name_or_path = resolve_model_name(model_name_or_path)
         _check_args(max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k, lora_r=lora_r,
                     lora_dropout=lora_dropout, logprob_batch_size=logprob_batch_size, prompt_template=prompt_template)
         resolve_dtype(dtype)
+        if reference_dtype is not None:
+            resolve_dtype(reference_dtype)
         self.lora_config = lora_config(lora, r=lora_r, alpha=lora_alpha, dropout=lora_dropout,
                                        target_modules=lora_target_modules, freeze_vision=freeze_vision)
         _check_quantization(quantization, trains_adapter=self.lora_config is not None
@@ -129,6 +146,8 @@ class QwenVLPolicy(GroundingPolicy):
         self.answer_label = answer_label
         self.trust_remote_code = trust_remote_code
         self.local_files_only = local_files_only
+        self.prefill_once = prefill_once
+        self.reference_dtype = reference_dtype
         self.processor = _load_processor_for(model_name_or_path, min_pixels=min_pixels, max_pixels=max_pixels,
                                              trust_remote_code=trust_remote_code,
                                              local_files_only=local_files_only)
@@ -204,7 +223,7 @@ class QwenVLPolicy(GroundingPolicy):
         if not self.uses_adapter:
             # A fresh load of the checkpoint rather than a deepcopy: equal at step 0, and still the start
             # point when called after a resumed checkpoint has overwritten the policy's weights.
-            ref = load_base_model(self.model_name_or_path, dtype=self.dtype_name,
+            ref = load_base_model(self.model_name_or_path, dtype=self.reference_dtype or self.dtype_name,
                                   attn_implementation=self.attn_implementation,
                                   trust_remote_code=self.trust_remote_code, local_files_only=self.local_files_only)
             ref.requires_grad_(False)
@@ -258,10 +277,21 @@ class QwenVLPolicy(GroundingPolicy):
 
     def _generate(self, prompts: dict[str, Tensor], config: Any) -> Tensor:
         """Completion ids [rows, T] (prompt stripped)."""
+        synced = True if self.sharding.synced_generation else None
         with torch.no_grad(), train_mode_without_dropout(self.model):
-            sequences = self.model.generate(**prompts, generation_config=config,
-                                            synced_gpus=True if self.sharding.synced_generation else None)
+            if self._shares_prefill(config.num_return_sequences or 1):
+                sequences = generate_with_shared_prefill(self.model, prompts, config, synced_gpus=synced)
+            else:
+                sequences = self.model.generate(**prompts, generation_config=config, synced_gpus=synced)
         return sequences[:, prompts["input_ids"].shape[1]:]
+
+    def _shares_prefill(self, rows_per_prompt: float, model: nn.Module | None = None) -> bool:
+        """Whether to prefill each prompt once for its rows: on by ``prefill_once`` when prompts repeat and the
+        model is unsharded (sharded roots gather their parameters only inside the root forward and
+        ``generate``); a gradient pass also needs `caches_through_backward`."""
+        if not self.prefill_once or rows_per_prompt <= 1 or self.sharding.sharded:
+            return False
+        return not torch.is_grad_enabled() or caches_through_backward(model if model is not None else self.model)
 
     def _decode(self, completion_ids: Tensor, mask: Tensor) -> list[str]:
         lengths = mask.sum(1).long().tolist()
@@ -318,11 +348,14 @@ class QwenVLPolicy(GroundingPolicy):
                completion_ids: Tensor, mask: Tensor, temperature: float) -> Tensor:
         """Teacher-forced per-token log-probs [n, T] of ``completion_ids`` after prompts ``prompt_index``.
 
-        The G rows of one prompt share its image, so unsharded models run the vision tower once per distinct
-        image and hand the features to every row (identical log-probs; ~2.6x less work on the tiny model's
-        forward + backward at G = 8). Sharded models take the plain path: under FSDP the vision tower's root
-        parameters are only gathered inside the root forward.
+        With `_shares_prefill` each distinct prompt runs once and its rows continue from its cache
+        (`score_with_shared_prefill`). Otherwise the G rows of one prompt still share its image: unsharded
+        models run the vision tower once per distinct image and hand the features to every row (identical
+        log-probs; ~2.6x less work on the tiny model's forward + backward at G = 8). Sharded models take the
+        plain path: under FSDP the vision tower's root parameters are only gathered inside the root forward.
         """
+        if self._shares_prefill(len(prompt_index) / max(len(set(prompt_index)), 1), model):
+            return score_with_shared_prefill(model, prompts, prompt_index, completion_ids, mask, temperature)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         shared = not self.sharding.sharded and _accepts_encoder_outputs(type(base))
         inputs = append_completions(select_prompts(prompts, prompt_index, pixels=not shared), completion_ids, mask)

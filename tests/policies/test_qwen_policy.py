@@ -16,6 +16,7 @@ from qwen_helpers import SHORT_CONTEXT, logit_bias, make_record, make_records
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, build_prompt, format_answer
 from medloc_lightning.policies import GroundingPolicy, Rollout
+from medloc_lightning.policies.base import Sharding
 from medloc_lightning.policies.qwen import QwenVLPolicy
 from medloc_lightning.policies.qwen_batch import append_completions, select_prompts, token_logprobs
 from medloc_lightning.policies.qwen_loading import train_mode_without_dropout, vision_tower
@@ -243,12 +244,12 @@ def test_row_subsets_and_chunking_agree_with_the_full_call(tiny_qwen_dir: str) -
 @pytest.mark.parametrize("freeze_vision", [True, False])
 def test_shared_image_features_give_the_same_logprobs_and_grads(tiny_qwen_dir: str, freeze_vision: bool) -> None:
     """One vision pass per distinct image (the default when unsharded) equals one pass per row."""
-    policy = make_policy(tiny_qwen_dir, freeze_vision=freeze_vision)
+    policy = make_policy(tiny_qwen_dir, freeze_vision=freeze_vision, prefill_once=False)
     torch.manual_seed(0)
     rollout = policy.sample(make_records(*SIZES), 3, 1.0)
     results = []
     for sharded in (True, False):  # a sharded model takes per-row vision passes
-        policy.sharded = sharded
+        policy.sharding = Sharding(sharded=sharded)
         policy.zero_grad()
         logps = policy.logprobs(rollout)
         (logps * rollout.mask).sum().backward()
