@@ -1,6 +1,7 @@
 """IoU-threshold curricula (no Lightning import): MedLoc-R1's performance-aware schedule and baselines."""
 from medloc_lightning.curriculum.schedules import (
     CHECKS,
+    WINDOW_UNITS,
     FixedThreshold,
     IntervalSchedule,
     ProgressSchedule,
@@ -20,4 +21,5 @@ __all__ = [
     "StepSchedule",
     "ThresholdCurriculum",
     "ThresholdSchedule",
+    "WINDOW_UNITS",
 ]
