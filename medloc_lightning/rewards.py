@@ -2,7 +2,8 @@
 
 Threshold convention: a prediction *hits* at threshold tau when ``IoU >= tau`` (MedLoc-R1 and V-Triune
 use >=; VLM-R1's evaluation and its old binary reward use a strict ``> 0.5``). Curriculum, rewards and
-metrics all use >=.
+metrics all use >=. The reward and the curriculum decide a hit in one precision, float32 (IoU and tau both
+rounded to float32), so an IoU that falls exactly on tau earns the reward and counts as a curriculum hit alike.
 
 A completion with no parseable box has IoU 0 (the caller passes 0), so it gets accuracy 0 under every
 kind (for ``threshold`` and ``blend`` with tau = 0 it still hits, since 0 >= 0).
@@ -49,10 +50,16 @@ def _check_unit(name: str, value: float) -> float:
     return float(value)
 
 
+def hits(ious: Tensor, tau: float) -> Tensor:
+    """Where IoU >= tau, decided in float32 (see the module docstring); ``ious`` already checked."""
+    tau32 = torch.tensor(_check_unit("tau", tau), dtype=torch.float32, device=ious.device)
+    return ious.to(torch.float32) >= tau32
+
+
 def threshold_reward(ious: Tensor | Sequence[float], tau: float) -> Tensor:
     """MedLoc-R1's accuracy reward: 1 where IoU >= tau, else 0."""
     ious = _as_ious(ious)
-    return (ious >= _check_unit("tau", tau)).to(ious.dtype)
+    return hits(ious, tau).to(ious.dtype)
 
 
 def iou_reward(ious: Tensor | Sequence[float]) -> Tensor:
@@ -63,14 +70,14 @@ def iou_reward(ious: Tensor | Sequence[float]) -> Tensor:
 def gated_iou_reward(ious: Tensor | Sequence[float], tau: float) -> Tensor:
     """V-Triune's gated reward: IoU where IoU >= tau, else 0."""
     ious = _as_ious(ious)
-    return ious * (ious >= _check_unit("tau", tau))
+    return ious * hits(ious, tau)
 
 
 def blended_reward(ious: Tensor | Sequence[float], tau: float, alpha: float = 0.5) -> Tensor:
     """(1 - alpha) * threshold + alpha * IoU: the binary/continuous blend MedLoc-R1 names as future work."""
     ious = _as_ious(ious)
     alpha = _check_unit("alpha", alpha)
-    return (1.0 - alpha) * (ious >= _check_unit("tau", tau)).to(ious.dtype) + alpha * ious
+    return (1.0 - alpha) * hits(ious, tau).to(ious.dtype) + alpha * ious
 
 
 def format_reward(texts: Sequence[str], require_think: bool = True) -> Tensor:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medloc_lightning.boxes import ImageGeometry, box_iou
 from medloc_lightning.parsing import format_answer
@@ -244,3 +246,32 @@ def test_trl_adapter_all_gathers_under_torch_distributed() -> None:
         finally:
             dist.destroy_process_group()
     assert math.isclose(schedule.tau, 0.6)
+
+
+# --- one precision for a hit: the reward and the curriculum agree, ties included ---------------------------------
+
+@pytest.mark.parametrize("tau", [0.45, 0.65, 0.70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_iou_exactly_at_tau_is_a_hit_for_the_reward_and_the_curriculum(tau: float, dtype: torch.dtype) -> None:
+    from medloc_lightning.curriculum import FixedThreshold
+
+    # a box covering tau * 20 of a 20-pixel-wide target: IoU is tau, as box_iou computes it in this dtype
+    pred = torch.tensor([[0.0, 0.0, round(tau * 20), 10.0]], dtype=dtype)
+    iou = box_iou(pred, torch.tensor([[0.0, 0.0, 20.0, 10.0]], dtype=dtype))
+    assert threshold_reward(iou, tau).item() == 1.0
+    schedule = FixedThreshold(tau)
+    schedule.observe(iou)
+    assert schedule.stats["hit_rate"] == 1.0
+
+
+@given(iou=st.floats(0.0, 1.0), tau=st.floats(0.0, 1.0), wide=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_reward_and_curriculum_hits_agree_everywhere(iou: float, tau: float, wide: bool) -> None:
+    from medloc_lightning.curriculum import FixedThreshold
+
+    ious = torch.tensor([iou], dtype=torch.float64 if wide else torch.float32)
+    for near in (iou, float(torch.tensor(tau, dtype=torch.float32))):  # and an IoU sitting on tau in float32
+        ious = torch.tensor([near], dtype=ious.dtype)
+        schedule = FixedThreshold(tau)
+        schedule.observe(ious)
+        assert threshold_reward(ious, tau).item() == schedule.stats["hit_rate"], (near, tau, ious.dtype)
