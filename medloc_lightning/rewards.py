@@ -163,9 +163,12 @@ class TRLRewardFunction:
     ``progress = global_step / max_steps`` from TRL's ``trainer_state``. TRL calls reward functions once
     per generation batch, i.e. once per optimizer step with its default ``steps_per_generation``.
 
-    TRL also calls reward functions during evaluation and does not say which mode it is in; set
-    ``is_training`` (e.g. ``lambda: trainer.model.training``, assigned once the trainer exists) so the
-    schedule only observes training rollouts.
+    TRL also calls reward functions on evaluation rollouts, and only training rollouts may move τ. By default
+    the ``trainer_state`` tells them apart: TRL adds each training generation's tokens to
+    ``num_input_tokens_seen`` before scoring it and leaves the count alone when it evaluates, so a call whose
+    count has not grown since the previous call is an evaluation call, and is scored but not observed. All
+    ranks see the same count, so they agree. ``is_training`` (e.g. ``lambda: trainer.model.training``)
+    overrides that rule; a call without ``trainer_state`` (not from a Trainer) is observed.
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class TRLRewardFunction:
         self.size_columns = size_columns
         self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
         self.is_training = is_training
+        self._tokens_seen = 0.0
         self.__name__ = name  # TRL names the reward's logged metrics after it
 
     @property
@@ -206,9 +210,19 @@ class TRLRewardFunction:
         if callable(log_metric):
             log_metric("curriculum/tau", tau)
             log_metric("curriculum/mean_iou", float(ious.mean()) if ious.numel() else 0.0)
-        if self.schedule is not None and (self.is_training is None or self.is_training()):
+        if self.schedule is not None and self._training_call(kwargs.get("trainer_state")):
             self.schedule.observe(_gather(ious), progress=_progress(kwargs.get("trainer_state")))
         return total.tolist()
+
+    def _training_call(self, trainer_state: Any) -> bool:
+        """Whether this call scores training rollouts (see the class docstring)."""
+        if self.is_training is not None:
+            return bool(self.is_training())
+        tokens = getattr(trainer_state, "num_input_tokens_seen", None)
+        if tokens is None:
+            return True
+        grew, self._tokens_seen = float(tokens) > self._tokens_seen, max(self._tokens_seen, float(tokens))
+        return grew
 
     def ious(self, texts: Sequence[str], columns: Mapping[str, Any]) -> Tensor:
         """Float64 IoU per completion, in original pixels (0 where no box parses)."""
