@@ -32,7 +32,8 @@ def test_every_config_directory_is_covered():
 
 
 @pytest.mark.parametrize("overlay", RUN_OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_an_overlay_moves_every_output_of_the_paper_recipe_into_its_folder(overlay, capsys):
+def test_an_overlay_moves_every_output_of_the_paper_recipe_into_its_folder(overlay, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["medloc"])  # the command line is the args below, not pytest's
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(MAIN), "--config", str(overlay), "--print_config"])
     trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
