@@ -83,7 +83,8 @@ def _job(args: tuple) -> dict:
     print(f"  {regime:11s} {method:26s} seed {seed}: Acc@0.5 {result['test']['acc@0.5']:.3f}  "
           f"Acc@0.75 {result['test']['acc@0.75']:.3f}  raises {result['num_raises']}  {result['wall_s']:.0f} s",
           flush=True)
-    result["hit_rates"] = [round(h, 4) for h in result["hit_rates"]]  # 4 decimals keep the file small
+    for key in ("hit_rates", "reward_stds", "iou_margins"):  # 4 decimals keep the file small
+        result[key] = [round(v, 4) for v in result[key]]
     return result
 
 
@@ -91,6 +92,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Build the prior, run every regime's grid on ``args.workers`` processes, return what the JSON holds."""
     from medloc_lightning.lab import REGIMES, build_prior, lab_data
 
+    start = time.perf_counter()
     data_kwargs = {"n": args.n, "size": args.size, "batch_size": args.batch_size}
     target = lab_data(args.data, **data_kwargs)
     target.prepare_data()  # generate once, before the workers start
@@ -98,6 +100,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     jobs = []
     for name in args.regimes:
         regime = REGIMES[name]
+        if args.learning_rate is not None:
+            regime = replace(regime, learning_rate=args.learning_rate)
         steps = args.steps or (QUICK_STEPS if args.quick else regime.steps)
         init, prior_report = None, None
         if regime.prior is not None:
@@ -110,7 +114,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             runs = [(m, s) for m in dict.fromkeys(m for m, _ in runs) for s in args.seeds]
         jobs += [(m, s, name, steps, init, args.data, data_kwargs, regime.learning_rate) for m, s in runs]
     print(f"{len(jobs)} runs on {args.workers} workers ...", flush=True)
-    start = time.perf_counter()
     if args.workers > 1:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             results = pool.map(_job, jobs, chunksize=1)
@@ -252,8 +255,8 @@ def report(saved: dict[str, Any], quick: bool, figures: Path = ROOT / "docs" / "
     """The markdown between the results markers: per regime, the main table, the paired comparisons, the
     ablations and the τ figures (written to ``figures``, linked relative to ``doc_dir``)."""
     suffix = "_quick" if quick else ""
-    lines = [START, "", f"Command: `{saved['command']}`  ", f"Machine: {saved['machine']}; total "
-             f"{saved['elapsed_s'] / 60:.1f} min.  ", f"Data: `lab` preset, {saved['data']['n']} images of "
+    lines = [START, "", f"Command: `{saved['command']}`  ", f"Machine: {saved['machine']}; "
+             f"{saved['elapsed_s'] / 60:.1f} min in all (data, prior and runs).  ", f"Data: `lab` preset, {saved['data']['n']} images of "
              f"{saved['data']['size']} px, mixed modalities; metrics on the test split, in percent, mean ± std over "
              "seeds. Zero-std and all-fail groups: fractions of all groups over the first 20% of the steps.", ""]
     for name, regime in saved["regimes"].items():
@@ -306,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="*", help="subset of methods (default: the whole grid)")
     ap.add_argument("--seeds", nargs="*", type=int, help="these seeds for every method (default: 3, or 5 for pairs)")
     ap.add_argument("--steps", type=int, help="optimizer steps per run (default: each regime's)")
+    ap.add_argument("--learning-rate", type=float, help="GRPO/SFT learning rate of every run (default: each regime's)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n", type=int, default=1200)
     ap.add_argument("--size", type=int, default=128)
@@ -332,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(report(saved, args.quick, Path(args.figures), doc.parent))
         return
     write(saved, doc, args.quick, Path(args.figures))
-    print(f"wrote {doc} and {out} ({saved['elapsed_s'] / 60:.1f} min of training)")
+    print(f"wrote {doc} and {out} ({saved['elapsed_s'] / 60:.1f} min in all)")
 
 
 if __name__ == "__main__":

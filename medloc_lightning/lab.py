@@ -239,6 +239,10 @@ class LabResult:
     regime: str = "random_init"
     taus: list[float] = field(default_factory=list)
     hit_rates: list[float] = field(default_factory=list)
+    reward_stds: list[float] = field(default_factory=list)
+    iou_margins: list[float] = field(default_factory=list)
+    """The window's r̄, σ and m̄ at the start of each step (NaN before the first observation or without a
+    curriculum): with ``taus`` they show which check held τ."""
     policy: Any = field(default=None, repr=False, compare=False)
     """The trained policy with ``run(..., return_policy=True)``, else None; never part of `to_dict`."""
 
@@ -249,19 +253,21 @@ class LabResult:
 
 
 class _Recorder(pl.Callback):
-    """Per-step τ and window hit rate, and the zero-std and all-fail group fractions at 20% of the run."""
+    """Per-step τ and window statistics, and the zero-std and all-fail group fractions at 20% of the run."""
 
     def __init__(self, steps: int) -> None:
         self.early_at = max(1, round(0.2 * steps))
         self.taus: list[float] = []
-        self.hit_rates: list[float] = []
+        self.window: dict[str, list[float]] = {"hit_rate": [], "reward_std": [], "iou_margin": []}
         self.zero_std_early = self.all_fail_early = float("nan")
         self._groups = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.taus.append(float(getattr(pl_module, "iou_threshold", float("nan"))))
         curriculum = ThresholdCurriculumCallback.find(trainer)
-        self.hit_rates.append(curriculum.schedule.stats["hit_rate"] if curriculum else float("nan"))
+        stats = curriculum.schedule.stats if curriculum else {}
+        for key, values in self.window.items():
+            values.append(float(stats.get(key, float("nan"))))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         counts = getattr(pl_module, "counts", None)  # GRPO only
@@ -322,7 +328,8 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
         zero_std_early=recorder.zero_std_early, all_fail_early=recorder.all_fail_early,
         num_raises=0 if schedule is None else schedule.num_raises,
         final_tau=float("nan") if schedule is None else schedule.tau,
-        wall_s=wall, taus=recorder.taus, hit_rates=recorder.hit_rates,
+        wall_s=wall, taus=recorder.taus, hit_rates=recorder.window["hit_rate"],
+        reward_stds=recorder.window["reward_std"], iou_margins=recorder.window["iou_margin"],
         policy=policy.eval() if return_policy else None,
     )
 

@@ -79,7 +79,9 @@ def test_a_grpo_run_records_every_step_and_counts_groups_early(data) -> None:
     result = lab.run("medloc", data, steps=STEPS, policy_kwargs=TINY_POLICY, return_policy=True)
     assert result.steps == STEPS and len(result.taus) == STEPS and len(result.hit_rates) == STEPS
     assert result.taus[0] == pytest.approx(0.3) and result.final_tau >= 0.3
-    assert math.isnan(result.hit_rates[0]) and not math.isnan(result.hit_rates[-1])  # empty window, then filled
+    assert len(result.reward_stds) == len(result.iou_margins) == STEPS
+    for series in (result.hit_rates, result.reward_stds, result.iou_margins):
+        assert math.isnan(series[0]) and not math.isnan(series[-1])  # empty window, then filled
     assert {"acc@0.5", "acc@0.75", "pseudo_map", "miou"} <= set(result.test)
     # An all-fail group has equal (zero) rewards, so it is one of the zero-std groups.
     assert 0.0 <= result.all_fail_early <= result.zero_std_early <= 1.0
