@@ -22,6 +22,7 @@ class Measure(pl.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.filterwarnings(r"ignore:.*isinstance\(treespec, LeafSpec\)")  # Lightning 2.6 on torch 2.13, not ours
 @pytest.mark.parametrize("trainer_kwargs,expected", [
     ({"max_epochs": 2}, {1: 10, 3: 30}),  # 5 batches x 2 epochs, times mu
     ({"max_epochs": 2, "max_steps": 12}, {1: 10, 3: 12}),  # max_steps counts optimizer steps
