@@ -1,11 +1,15 @@
-"""Reproduce MedLoc-R1's comparison and ablations on CPU with BoxPolicy on synthetic data (the curriculum lab).
+"""Reproduce MedLoc-R1's comparison and ablations on CPU with BoxPolicy on synthetic data (the curriculum lab),
+in two regimes: from random weights, and from a shared grounding prior (see `medloc_lightning.lab`).
 
-    python benchmarks/reproduce.py                 # the default grid: 16 methods x 3 seeds (<= 30 min, 2 cores)
-    python benchmarks/reproduce.py --quick         # the 5 main methods x 1 seed, shorter runs (<= 5 min)
+    python benchmarks/reproduce.py                 # the full grid, both regimes (about 40 min on 2 cores)
+    python benchmarks/reproduce.py --quick         # the main methods x 1 seed, shorter runs (<= 5 min)
+    python benchmarks/reproduce.py --report-only   # re-render the doc and figures from the saved JSON
 
-Writes the raw results to benchmarks/results/reproduction[_quick].json, τ-trajectory plots to docs/figures/,
-and the tables into docs/reproduction.md (docs/reproduction_quick.md with --quick) between its results
-markers; the hand-written discussion around them is kept.
+Each method is a config: the paper recipe alone (``medloc``) or with one baseline / ablation overlay. Per regime,
+every method runs 3 seeds, and MedLoc-R1, raw IoU and fixed tau run 5 for the paired comparisons. Writes the raw
+results to benchmarks/results/reproduction[_quick].json, tau-trajectory figures to docs/figures/, and the tables
+into docs/reproduction.md (docs/reproduction_quick.md with --quick) between its results markers; the text
+around them is kept.
 """
 from __future__ import annotations
 
@@ -18,31 +22,56 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # a script run from a checkout (and its worker processes) imports this checkout
 
-MAIN = ["medloc", "fixed_tau", "v_triune", "raw_iou", "sft"]
+MAIN = ["medloc", "fixed_tau", "v_triune", "v_triune_binary", "raw_iou", "sft"]
 ABLATIONS = [
     ("Update criteria", ["medloc", "no_accuracy_check", "no_stability_check", "no_margin_check", "only_accuracy_check"]),
-    ("Schedules: adaptive vs fixed", ["medloc", "fixed_conservative", "fixed_moderate", "fixed_aggressive"]),
-    ("Window refresh", ["refresh_full", "medloc", "refresh_quarter"]),
+    ("Fixed schedules, reading (a): gated, constant δ, P and S",
+     ["medloc", "fixed_gated_conservative", "fixed_gated_moderate", "fixed_gated_aggressive"]),
+    ("Fixed schedules, reading (b): blind, raises on a clock",
+     ["medloc", "fixed_conservative", "fixed_moderate", "fixed_aggressive"]),
+    ("Window refresh, kept entries re-scored at the new τ", ["refresh_full", "medloc", "refresh_quarter"]),
+    ("Window refresh, kept hits as earned", ["refresh_full_as_earned", "refresh_half_as_earned",
+                                             "refresh_quarter_as_earned"]),
     ("Step decay", ["medloc", "step_linear", "step_cosine"]),
 ]
-LABELS = {"medloc": "MedLoc-R1 (adaptive, piecewise, refresh 0.5)", "refresh_full": "refresh 1.0 (full)",
-          "refresh_quarter": "refresh 0.25"}
-# The paper's numbers as the summary in ../shared/paper states them (HAM10000, 3B).
+PAIRS = [("medloc", "raw_iou"), ("medloc", "fixed_tau")]
+SEEDS, PAIR_SEEDS = [0, 1, 2], [0, 1, 2, 3, 4]
+QUICK_STEPS = 300
+LABELS = {"medloc": "MedLoc-R1 (recipe: adaptive, piecewise, refresh 0.5)", "refresh_full": "refresh 1.0 (full)",
+          "refresh_quarter": "refresh 0.25", "refresh_full_as_earned": "refresh 1.0, as earned",
+          "refresh_half_as_earned": "refresh 0.5, as earned", "refresh_quarter_as_earned": "refresh 0.25, as earned"}
+# MedLoc-R1: Performance-Aware Curriculum Reward Scheduling for GRPO-Based Medical Visual Grounding (CVPR 2026):
+# HAM10000, Qwen2.5-VL-3B. The ablation column is the paper's "Acc@0.75" as stated for its ablation table.
 PAPER_MAIN = {"medloc": (94.46, 76.02), "sft": (90.31, 74.22), "fixed_tau": (64.65, 18.57),
               "v_triune": (88.92, 64.35), "raw_iou": (92.86, 69.25)}
 PAPER_ABLATION = {"medloc": 94.96, "no_accuracy_check": 82.33, "no_margin_check": 90.86, "no_stability_check": 89.72,
                   "only_accuracy_check": 88.32, "fixed_conservative": 87.92, "fixed_moderate": 83.92,
-                  "fixed_aggressive": 71.54}
+                  "fixed_aggressive": 71.54, "fixed_gated_conservative": 87.92, "fixed_gated_moderate": 83.92,
+                  "fixed_gated_aggressive": 71.54}
+METRICS = [("Acc@0.5", "acc@0.5"), ("Acc@0.75", "acc@0.75"), ("pseudo-mAP", "pseudo_map"), ("mIoU", "miou")]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def grid(quick: bool) -> list[tuple[str, int]]:
+    """(method, seed) of every run in one regime."""
+    if quick:
+        return [(m, 0) for m in MAIN]
+    methods = list(dict.fromkeys([*MAIN, *(m for _, ms in ABLATIONS for m in ms)]))
+    paired = {m for pair in PAIRS for m in pair}
+    return [(m, s) for m in methods for s in (PAIR_SEEDS if m in paired else SEEDS)]
+
+
+# --- running --------------------------------------------------------------------------------------------------
+
 def _job(args: tuple) -> dict:
-    method, seed, steps, data_root, data_kwargs, run_kwargs = args
+    method, seed, regime, steps, init, data_root, data_kwargs, learning_rate = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -50,48 +79,101 @@ def _job(args: tuple) -> dict:
     from medloc_lightning.lab import lab_data, run
 
     data = lab_data(data_root, **data_kwargs)
-    result = run(method, data, steps=steps, seed=seed, **run_kwargs).to_dict()
-    print(f"  {method:22s} seed {seed}: Acc@0.5 {result['test']['acc@0.5']:.3f}  Acc@0.75 {result['test']['acc@0.75']:.3f}"
-          f"  raises {result['num_raises']}  {result['wall_s']:.0f} s", flush=True)
+    result = run(method, data, steps=steps, seed=seed, init=init, learning_rate=learning_rate, regime=regime).to_dict()
+    print(f"  {regime:11s} {method:26s} seed {seed}: Acc@0.5 {result['test']['acc@0.5']:.3f}  "
+          f"Acc@0.75 {result['test']['acc@0.75']:.3f}  raises {result['num_raises']}  {result['wall_s']:.0f} s",
+          flush=True)
+    for key in ("hit_rates", "reward_stds", "iou_margins"):  # 4 decimals keep the file small
+        result[key] = [round(v, 4) for v in result[key]]
     return result
 
 
-def _mean_std(values: list[float], scale: float = 100.0, digits: int = 1, single_std: bool = True) -> str:
-    """``mean ± std`` of the non-NaN values (fractions as percentages by default); "–" when there are none.
-    One value shows ``± 0.0`` unless ``single_std`` is False."""
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the prior, run every regime's grid on ``args.workers`` processes, return what the JSON holds."""
+    from medloc_lightning.lab import REGIMES, build_prior, lab_data
+
+    start = time.perf_counter()
+    data_kwargs = {"n": args.n, "size": args.size, "batch_size": args.batch_size}
+    target = lab_data(args.data, **data_kwargs)
+    target.prepare_data()  # generate once, before the workers start
+    regimes: dict[str, Any] = {}
+    jobs = []
+    for name in args.regimes:
+        regime = REGIMES[name]
+        if args.learning_rate is not None:
+            regime = replace(regime, learning_rate=args.learning_rate)
+        steps = args.steps or (QUICK_STEPS if args.quick else regime.steps)
+        init, prior_report = None, None
+        if regime.prior is not None:
+            print(f"building the {name} regime's prior ...", flush=True)
+            init, prior_report = build_prior(f"{args.data}_{name}", regime.prior, target, size=args.size,
+                                             batch_size=args.batch_size)
+        regimes[name] = {**asdict(replace(regime, steps=steps)), "prior_report": prior_report}
+        runs = [(m, s) for m, s in grid(args.quick) if not args.methods or m in args.methods]
+        if args.seeds is not None:
+            runs = [(m, s) for m in dict.fromkeys(m for m, _ in runs) for s in args.seeds]
+        jobs += [(m, s, name, steps, init, args.data, data_kwargs, regime.learning_rate) for m, s in runs]
+    print(f"{len(jobs)} runs on {args.workers} workers ...", flush=True)
+    if args.workers > 1:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            results = pool.map(_job, jobs, chunksize=1)
+    else:
+        results = [_job(j) for j in jobs]
+    elapsed = time.perf_counter() - start
+    machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, load "
+               f"{os.getloadavg()[0]:.1f} at the end; {args.workers} worker processes; no GPU")
+    command = "python benchmarks/reproduce.py" + "".join(f" {a}" for a in args.argv)
+    return {"command": command, "elapsed_s": elapsed, "machine": machine, "data": data_kwargs, "regimes": regimes,
+            "results": results}
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+
+def _values(runs: Sequence[dict], key: str) -> list[float]:
+    return [r["test"][key] if key in r["test"] else r[key] for r in runs]
+
+
+def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` (sample std) of the non-NaN values times ``scale``; one value alone, "–" for none."""
     values = [scale * v for v in values if not math.isnan(v)]
     if not values:
         return "–"
-    std = statistics.stdev(values) if len(values) > 1 else (0.0 if single_std else None)
-    return f"{statistics.fmean(values):.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _plain(values: list[float], digits: int = 1) -> str:
-    return _mean_std(values, scale=1.0, digits=digits, single_std=False)
+def paired(a: Sequence[dict], b: Sequence[dict], key: str) -> dict[str, float]:
+    """``a`` minus ``b`` on ``key``, seed by seed (the seeds both ran): mean and sample std of the differences,
+    the number of seeds, and on how many ``a`` is higher / lower."""
+    by_seed = {r["seed"]: r["test"][key] for r in b}
+    diffs = [r["test"][key] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
+    return {"n": len(diffs), "mean": statistics.fmean(diffs) if diffs else math.nan,
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
+            "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs)}
 
 
-def _table(rows: list[str], by: dict[str, list[dict]], paper: dict | None, paper_cols: list[str]) -> list[str]:
-    head = ("| method | Acc@0.5 | Acc@0.75 | pseudo-mAP | mIoU | zero-std groups, first 20% | of which all-fail | "
-            "τ raises | wall s |")
-    sep = "|---|---|---|---|---|---|---|---|---|"
+def _table(methods: Sequence[str], by: dict[str, list[dict]], paper: dict | None, paper_cols: Sequence[str]) -> list[str]:
+    head = ("| method | seeds | " + " | ".join(name for name, _ in METRICS) +
+            " | zero-std groups, first 20% | all-fail groups, first 20% | τ raises | final τ | wall s |")
+    sep = "|---|---|" + "---|" * (len(METRICS) + 5)
     if paper:
         head += "".join(f" paper {c} |" for c in paper_cols)
         sep += "---|" * len(paper_cols)
     out = [head, sep]
-    for m in rows:
+    for m in methods:
         runs = by.get(m, [])
         if not runs:
             continue
-        cells = [_mean_std([r["test"]["acc@0.5"] for r in runs]), _mean_std([r["test"]["acc@0.75"] for r in runs]),
-                 _mean_std([r["test"]["pseudo_map"] for r in runs]), _mean_std([r["test"]["miou"] for r in runs]),
-                 _mean_std([r["zero_std_early"] for r in runs]), _mean_std([r["all_fail_early"] for r in runs]),
-                 _plain([r["num_raises"] for r in runs]),
-                 _plain([r["wall_s"] for r in runs], 0)]
+        cells = [str(len(runs)), *(mean_std(_values(runs, key)) for _, key in METRICS),
+                 mean_std(_values(runs, "zero_std_early")), mean_std(_values(runs, "all_fail_early")),
+                 mean_std(_values(runs, "num_raises"), 1.0), mean_std(_values(runs, "final_tau"), 1.0, 2),
+                 mean_std(_values(runs, "wall_s"), 1.0, 0)]
         line = f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |"
         if paper:
             got = paper.get(m)
             vals = got if isinstance(got, tuple) else (got,)
-            line += "".join(f" {v if v is not None else '–'} |" for v in vals) if got is not None else " – |" * len(paper_cols)
+            line += "".join(f" {v} |" for v in vals) if got is not None else " – |" * len(paper_cols)
         out.append(line)
     return out
 
@@ -105,125 +187,156 @@ def _ordering(by: dict[str, list[dict]], paper: dict, metric: str, index: int | 
             f"({agree} of {len(present)} positions agree)")
 
 
-def _plots(by: dict[str, list[dict]], figures: Path, suffix: str) -> list[str]:
+def _paired_table(by: dict[str, list[dict]]) -> list[str]:
+    out = ["| comparison | seeds | " + " | ".join(f"Δ {name}" for name, _ in METRICS) + " |",
+           "|---|---|" + "---|" * len(METRICS)]
+    for a, b in PAIRS:
+        if not (by.get(a) and by.get(b)):
+            continue
+        cells = []
+        for _, key in METRICS:
+            p = paired(by[a], by[b], key)
+            spread = "" if math.isnan(p["std"]) else f" ± {100 * p['std']:.1f}"
+            cells.append(f"{100 * p['mean']:+.1f}{spread} ({p['higher']}↑ {p['lower']}↓)")
+        out.append(f"| {LABELS.get(a, a)} − {b} | {paired(by[a], by[b], METRICS[0][1])['n']} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _identical_refresh(by: dict[str, list[dict]], methods: Sequence[str]) -> str:
+    """Whether the refresh fractions gave the same run, seed by seed (τ trajectory and test metrics)."""
+    runs = [{r["seed"]: r for r in by.get(m, [])} for m in methods]
+    seeds = sorted(set.intersection(*(set(r) for r in runs))) if all(runs) else []
+    if not seeds:
+        return ""
+    same = [s for s in seeds if all(r[s]["taus"] == runs[0][s]["taus"] and r[s]["test"] == runs[0][s]["test"]
+                                    for r in runs[1:])]
+    return (f"Refresh 1.0, 0.5 and 0.25 gave identical runs (τ at every step and test metrics) on {len(same)} of "
+            f"{len(seeds)} seeds.")
+
+
+def _plots(by: dict[str, list[dict]], regime: str, suffix: str, figures: Path, doc_dir: Path) -> list[str]:
     from medloc_lightning.plotting import plot_overlay
 
     figures.mkdir(parents=True, exist_ok=True)
     written = []
     # SFT has no τ, and raw IoU's reward ignores it (its τ only labels the logs)
-    groups = [("main", [m for m in MAIN if m not in ("sft", "raw_iou")])] + [(t.split(":")[0].lower().replace(" ", "_"), ms)
-                                                            for t, ms in ABLATIONS]
+    groups = [("main", [m for m in MAIN if m not in ("sft", "raw_iou")])] + [
+        (title.split(",")[0].split(":")[0].lower().replace(" ", "_") + ("_b" if "(b)" in title else "")
+         + ("_as_earned" if "as earned" in title else ""), ms) for title, ms in ABLATIONS]
     for name, methods in groups:
-        curves = {}
-        for m in methods:
-            if by.get(m):
-                taus = by[m][0]["taus"]
-                curves[m] = (list(range(len(taus))), taus)
+        curves = {m: (list(range(1, len(by[m][0]["taus"]) + 1)), by[m][0]["taus"]) for m in methods if by.get(m)}
         if len(curves) > 1:
-            path = figures / f"reproduction_tau_{name}{suffix}.png"
-            plot_overlay(curves, path, title=f"tau per step (seed {by[next(iter(curves))][0]['seed']})", ylabel="tau")
-            written.append(str(path.relative_to(ROOT)))
+            path = figures / f"reproduction_{regime}_tau_{name}{suffix}.png"
+            plot_overlay(curves, path, title=f"{regime}: tau per step (seed {by[next(iter(curves))][0]['seed']})",
+                         ylabel="tau")
+            written.append(Path(os.path.relpath(path, doc_dir)).as_posix())
     return written
 
 
-def _machine(workers: int) -> str:
-    return (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
-            f"load {os.getloadavg()[0]:.1f} at the end; {workers} worker processes")
+def _regime_setup(name: str, regime: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    runs = [r for r in saved["results"] if r.get("regime", "random_init") == name]
+    lines = [f"Runs: {max(r['steps'] for r in runs)} optimizer steps (batch {saved['data']['batch_size']} prompts × "
+             f"G = 8), learning rate {regime['learning_rate']:g}, seeds {sorted({r['seed'] for r in runs})}."]
+    prior, report = regime.get("prior"), regime.get("prior_report")
+    if prior and report:
+        target, source = report["target_val"]["policy"], report["source_val"]["policy"]
+        lines.append(
+            f"Prior: BoxPolicy trained by SFT on the `{prior['source_preset']}` preset ({prior['n']} images), best "
+            f"source-validation mIoU at step {report['fit']['best_step']} of {prior['steps']}; every run of this regime "
+            f"starts from it. On the target's validation split it scores Acc@0.3 {100 * target['acc@0.3']:.1f}, "
+            f"Acc@0.5 {100 * target['acc@0.5']:.1f}, Acc@0.75 {100 * target['acc@0.75']:.1f}, "
+            f"mIoU {100 * target['miou']:.1f} (source validation: Acc@0.5 {100 * source['acc@0.5']:.1f}, "
+            f"mIoU {100 * source['miou']:.1f}).")
+    return ["  \n".join(lines), ""]
 
 
-def report(results: list[dict], args: argparse.Namespace, command: str, elapsed: float, machine: str) -> str:
-    by: dict[str, list[dict]] = {}
-    for r in results:
-        by.setdefault(r["method"], []).append(r)
-    suffix = "_quick" if args.quick else ""
-    plots = _plots(by, ROOT / "docs" / "figures", suffix)
-    lines = [START, "", f"Command: `{command}`  ",
-             f"Machine: {machine}; total {elapsed / 60:.1f} min.  ",
-             f"Runs: {max(r['steps'] for r in results)} optimizer steps (batch {args.batch_size} prompts x G = 8), "
-             f"seeds {sorted({r['seed'] for r in results})}; "
-             f"data: `lab` preset, {args.n} images of {args.size} px, mixed modalities; test split for the metrics. "
-             "Metrics are percentages, mean ± std over seeds.", "",
-             "### Main comparison", ""]
-    lines += _table(MAIN, by, PAPER_MAIN, ["Acc@0.5", "Acc@0.75"])
-    lines += ["", _ordering(by, {m: v for m, v in PAPER_MAIN.items()}, "acc@0.75", 1), ""]
-    for title, methods in ABLATIONS:
-        if sum(bool(by.get(m)) for m in methods) < 2:
-            continue  # nothing to compare (--quick runs only the main methods)
-        lines += [f"### Ablation: {title}", ""]
-        paper = {m: PAPER_ABLATION[m] for m in methods if m in PAPER_ABLATION}
-        lines += _table(methods, by, paper or None, ["Acc@0.75 (HAM10000)"])
-        if len(paper) > 1:
-            lines += ["", _ordering(by, paper, "acc@0.75", None)]
-        lines.append("")
-    lines += ["### τ trajectories (first seed)", ""] + [f"![{Path(p).stem}]({Path(p).relative_to('docs')})" for p in plots]
-    lines += ["", END]
+def report(saved: dict[str, Any], quick: bool, figures: Path = ROOT / "docs" / "figures",
+           doc_dir: Path = ROOT / "docs") -> str:
+    """The markdown between the results markers: per regime, the main table, the paired comparisons, the
+    ablations and the τ figures (written to ``figures``, linked relative to ``doc_dir``)."""
+    suffix = "_quick" if quick else ""
+    lines = [START, "", f"Command: `{saved['command']}`  ", f"Machine: {saved['machine']}; "
+             f"{saved['elapsed_s'] / 60:.1f} min in all (data, prior and runs).  ", f"Data: `lab` preset, {saved['data']['n']} images of "
+             f"{saved['data']['size']} px, mixed modalities; metrics on the test split, in percent, mean ± std over "
+             "seeds. Zero-std and all-fail groups: fractions of all groups over the first 20% of the steps.", ""]
+    for name, regime in saved["regimes"].items():
+        by: dict[str, list[dict]] = {}
+        for r in saved["results"]:
+            if r.get("regime", "random_init") == name:
+                by.setdefault(r["method"], []).append(r)
+        if not by:
+            continue
+        lines += [f"## Regime: {name.replace('_', ' ')}", ""] + _regime_setup(name, regime, saved)
+        lines += ["### Main comparison", ""] + _table(MAIN, by, PAPER_MAIN, ["Acc@0.5", "Acc@0.75"])
+        lines += ["", _ordering(by, {m: v for m, v in PAPER_MAIN.items()}, "acc@0.75", 1), ""]
+        pairs = _paired_table(by)
+        if len(pairs) > 2:
+            lines += ["### Paired comparisons", "",
+                      "Differences in percentage points, seed by seed (same seed, same data order): mean ± std over "
+                      "seeds, and on how many seeds the first method is higher (↑) or lower (↓).", ""] + pairs + [""]
+        for title, methods in ABLATIONS:
+            if sum(bool(by.get(m)) for m in methods) < 2:
+                continue
+            lines += [f"### Ablation: {title}", ""]
+            paper = {m: PAPER_ABLATION[m] for m in methods if m in PAPER_ABLATION}
+            lines += _table(methods, by, paper or None, ["Acc@0.75 (HAM10000)"])
+            if len(paper) > 1:
+                lines += ["", _ordering(by, paper, "acc@0.75", None)]
+            if title.startswith("Window refresh"):
+                order = [m for m in methods if "full" in m] + [m for m in methods if "full" not in m]
+                lines += ["", _identical_refresh(by, order)]
+            lines.append("")
+        plots = _plots(by, name, suffix, figures, doc_dir)
+        if plots:
+            lines += ["### τ trajectories (first seed)", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    lines.append(END)
     return "\n".join(lines)
 
 
-def main() -> None:
+def write(saved: dict[str, Any], doc: Path, quick: bool, figures: Path) -> None:
+    block = report(saved, quick, figures, doc.parent)
+    text = doc.read_text(encoding="utf-8") if doc.exists() else f"# Reproduction on CPU\n\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    doc.write_text(head + block + tail, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the 5 main methods, 1 seed, shorter runs")
-    ap.add_argument("--methods", nargs="*", help="subset of methods (default: all for the grid)")
-    ap.add_argument("--seeds", nargs="*", type=int)
-    ap.add_argument("--steps", type=int)
+    ap.add_argument("--quick", action="store_true", help="the main methods, 1 seed, shorter runs, both regimes")
+    ap.add_argument("--regimes", nargs="+", default=["random_init", "prior"], choices=["random_init", "prior"])
+    ap.add_argument("--methods", nargs="*", help="subset of methods (default: the whole grid)")
+    ap.add_argument("--seeds", nargs="*", type=int, help="these seeds for every method (default: 3, or 5 for pairs)")
+    ap.add_argument("--steps", type=int, help="optimizer steps per run (default: each regime's)")
+    ap.add_argument("--learning-rate", type=float, help="GRPO/SFT learning rate of every run (default: each regime's)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n", type=int, default=1200)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--data", default=str(ROOT / "data" / "lab"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "lab"), help="the lab's data (the prior goes beside it)")
+    ap.add_argument("--results", help="default: benchmarks/results/reproduction[_quick].json")
     ap.add_argument("--doc", help="default: docs/reproduction.md (docs/reproduction_quick.md with --quick)")
+    ap.add_argument("--figures", default=str(ROOT / "docs" / "figures"), help="where the τ figures go")
     ap.add_argument("--no-doc", action="store_true", help="print the tables instead of writing the doc")
     ap.add_argument("--report-only", action="store_true",
-                    help="re-render the doc and plots from the saved JSON results, without training")
-    args = ap.parse_args()
-    from medloc_lightning.lab import METHODS
-
-    grid = sorted(set(MAIN) | {m for _, ms in ABLATIONS for m in ms}, key=list(METHODS).index)
-    args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    args.steps = args.steps or (500 if args.quick else 1000)
-    methods = args.methods or (MAIN if args.quick else grid)
-    data_kwargs = {"n": args.n, "size": args.size, "batch_size": args.batch_size}
-
-    out = ROOT / "benchmarks" / "results" / f"reproduction{'_quick' if args.quick else ''}.json"
+                    help="re-render the doc and figures from the saved JSON results, without training")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    suffix = "_quick" if args.quick else ""
+    out = Path(args.results or ROOT / "benchmarks" / "results" / f"reproduction{suffix}.json")
     if args.report_only:
-        saved = json.loads(out.read_text())
-        _write(args, saved["results"], saved["command"], saved["elapsed_s"], saved.get("machine", "not recorded"), out)
-        return
-
-    from medloc_lightning.lab import lab_data
-
-    lab_data(args.data, **data_kwargs).prepare_data()  # generate once, before the workers start
-    jobs = [(m, s, args.steps, args.data, data_kwargs, {}) for s in args.seeds for m in methods]
-    command = "python benchmarks/reproduce.py" + (" --quick" if args.quick else "") + \
-        "".join(f" {a}" for a in sys.argv[1:] if a != "--quick")
-    print(f"{len(jobs)} runs on {args.workers} workers ...", flush=True)
-    start = time.perf_counter()
-    if args.workers > 1:
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            results = pool.map(_job, jobs, chunksize=1)
+        saved = json.loads(out.read_text(encoding="utf-8"))
     else:
-        results = [_job(j) for j in jobs]
-    elapsed = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    machine = _machine(args.workers)
-    for r in results:  # per-step series: 4 decimals are plenty and keep the file small
-        r["hit_rates"] = [round(h, 4) for h in r["hit_rates"]]
-    out.write_text(json.dumps({"command": command, "elapsed_s": elapsed, "machine": machine, "results": results}))
-    _write(args, results, command, elapsed, machine, out)
-
-
-def _write(args: argparse.Namespace, results: list[dict], command: str, elapsed: float, machine: str,
-           out: Path) -> None:
-    block = report(results, args, command, elapsed, machine)
+        saved = train(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(saved), encoding="utf-8")
+    doc = Path(args.doc or ROOT / "docs" / f"reproduction{suffix}.md")
     if args.no_doc:
-        print(block)
+        print(report(saved, args.quick, Path(args.figures), doc.parent))
         return
-    doc = Path(args.doc or ROOT / "docs" / f"reproduction{'_quick' if args.quick else ''}.md")
-    text = doc.read_text() if doc.exists() else f"# Reproduction on CPU\n\n{START}\n{END}\n"
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    doc.write_text(head + block + tail)
-    print(f"wrote {doc} and {out} ({elapsed / 60:.1f} min)")
+    write(saved, doc, args.quick, Path(args.figures))
+    print(f"wrote {doc} and {out} ({saved['elapsed_s'] / 60:.1f} min in all)")
 
 
 if __name__ == "__main__":

@@ -1,70 +1,223 @@
-"""The curriculum lab: one function that trains BoxPolicy under a named method and reports what the paper
-measures, shared by `benchmarks/reproduce.py` and `notebooks/curriculum_lab.ipynb`.
+"""The curriculum lab: the paper's methods, as the shipped configs define them, trained on the fast BoxPolicy.
 
-A method is the paper's name for a row of its tables: MedLoc-R1 itself, the baselines (fixed τ, V-Triune,
-raw IoU, SFT) and the ablations (checks, fixed schedules, refresh, step decay). Every GRPO method runs the
-same `GRPOGroundingModule`, `ThresholdCurriculumCallback` and `GroundingMetrics` as a Qwen2.5-VL run.
+A method is a row of the paper's tables: MedLoc-R1 itself (the paper recipe, `configs/medloc_qwen2_5_vl_3b.yaml`)
+or the recipe plus one overlay from `configs/baselines/` or `configs/ablations/`. `load_method` reads the pair
+the way ``medloc fit --config RECIPE --config OVERLAY`` merges them, and keeps what makes the method: the
+curriculum block, the reward and the module class (GRPO or SFT). What belongs to the policy and the machine
+(learning rate, group size, temperature, batch, run length) is the lab's regime instead: BoxPolicy is not a 3B
+VLM. BoxPolicy writes no reasoning text, so the lab drops the format term of the reward.
+
+Two regimes (`REGIMES`): every run starts from random weights, or from one shared grounding prior, a BoxPolicy
+warm-started by SFT on another synthetic distribution (`build_prior`), as the paper starts from a pretrained VLM.
+`run` trains one method in one regime with the same `GRPOGroundingModule`, `ThresholdCurriculumCallback` and
+`GroundingMetrics` as a Qwen2.5-VL run; `benchmarks/reproduce.py` and `notebooks/curriculum_lab.ipynb` use it.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
-from medloc_lightning.curriculum import (
-    CosineStep,
-    FixedThreshold,
-    IntervalSchedule,
-    LinearStep,
-    ProgressSchedule,
-    ThresholdCurriculum,
-    ThresholdSchedule,
-)
+from medloc_lightning.curriculum import ThresholdSchedule
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.rewards import GroundingReward
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+"""The repository's configs folder: the lab reads its methods there (it ships with the source, not the wheel)."""
+RECIPE = "medloc_qwen2_5_vl_3b.yaml"
+SAME_AS_RECIPE = ("refresh_half", "step_piecewise")
+"""Overlays that restate the recipe's own values (reference rows of the ablations): ``medloc`` runs them."""
 
 
 @dataclass(frozen=True)
 class Method:
-    """How to train: a reward kind and a τ schedule built for a run of ``steps`` optimizer steps (None: SFT)."""
+    """One row of the paper's tables, resolved from the configs: module, reward, and τ schedule (None: SFT)."""
 
+    name: str
     description: str
-    schedule: Callable[[int], ThresholdSchedule] | None
-    reward: str = "threshold"
+    """The overlay's first comment line (the recipe's for ``medloc``)."""
+    config: str
+    """Where it comes from: the recipe, or ``recipe + overlay`` (paths relative to the configs folder)."""
+    module: str
+    """``"grpo"`` or ``"sft"``."""
+    reward: dict[str, Any]
+    """`GroundingReward` arguments, as the configs give them."""
+    schedule: dict[str, Any] | None
+    """The curriculum's ``schedule`` block (``class_path``, ``init_args``); None without a curriculum."""
+
+    def build_schedule(self) -> ThresholdSchedule | None:
+        """A fresh schedule object, as LightningCLI instantiates it from the block."""
+        if self.schedule is None:
+            return None
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(ThresholdSchedule, "schedule", fail_untyped=False)
+        return parser.instantiate_classes(parser.parse_object({"schedule": self.schedule})).schedule
 
 
-def _interval(fraction: float, step: float) -> Callable[[int], ThresholdSchedule]:
-    """The paper's blind fixed schedules, with raises every ``fraction`` of the run (our choice of spacing)."""
-    return lambda steps: IntervalSchedule(every=max(1, round(fraction * steps)), step=step)
+def method_names(configs: str | os.PathLike = CONFIGS) -> list[str]:
+    """``medloc`` and the stem of every baseline and ablation overlay (those in `SAME_AS_RECIPE` excepted)."""
+    root = _configs(configs)
+    stems = [p.stem for sub in ("baselines", "ablations") for p in sorted((root / sub).glob("*.yaml"))]
+    return ["medloc", *(s for s in stems if s not in SAME_AS_RECIPE)]
 
 
-METHODS: dict[str, Method] = {
-    "medloc": Method("MedLoc-R1: adaptive, piecewise 0.15/0.10/0.05, refresh 0.5", lambda s: ThresholdCurriculum()),
-    "fixed_tau": Method("VLM-R1: fixed tau = 0.5", lambda s: FixedThreshold(0.5)),
-    "v_triune": Method("V-Triune: tau by training progress, gated IoU reward",
-                       lambda s: ProgressSchedule(ProgressSchedule.V_TRIUNE), reward="gated_iou"),
-    "raw_iou": Method("Raw-IoU: continuous IoU reward", lambda s: FixedThreshold(0.5), reward="iou"),
-    "sft": Method("SFT: box regression (Gaussian NLL of the GT box)", None),
-    "no_accuracy_check": Method("w/o reward check", lambda s: ThresholdCurriculum(checks=("stability", "margin"))),
-    "no_stability_check": Method("w/o stability check", lambda s: ThresholdCurriculum(checks=("accuracy", "margin"))),
-    "no_margin_check": Method("w/o IoU-margin check", lambda s: ThresholdCurriculum(checks=("accuracy", "stability"))),
-    "only_accuracy_check": Method("only the reward check", lambda s: ThresholdCurriculum(checks=("accuracy",))),
-    "fixed_conservative": Method("fixed conservative: +0.05 every 10% of the run", _interval(0.10, 0.05)),
-    "fixed_moderate": Method("fixed moderate: +0.10 every 10% of the run", _interval(0.10, 0.10)),
-    "fixed_aggressive": Method("fixed aggressive: +0.15 every 5% of the run", _interval(0.05, 0.15)),
-    "refresh_full": Method("refresh 1.0 (full replacement)", lambda s: ThresholdCurriculum(refresh=1.0)),
-    "refresh_quarter": Method("refresh 0.25", lambda s: ThresholdCurriculum(refresh=0.25)),
-    "step_linear": Method("linear step decay (delta0 0.15, min 0.05)", lambda s: ThresholdCurriculum(step=LinearStep())),
-    "step_cosine": Method("cosine step decay (delta0 0.15, min 0.05)", lambda s: ThresholdCurriculum(step=CosineStep())),
+def load_method(name: str, configs: str | os.PathLike = CONFIGS) -> Method:
+    """The method ``name`` resolved from the recipe and its overlay (see the module docstring)."""
+    return _load_method(name, str(_configs(configs)))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_method(name: str, configs: str) -> Method:
+    import yaml
+
+    root = Path(configs)
+    files = [root / RECIPE]
+    if name != "medloc":
+        found = [p for sub in ("baselines", "ablations") if (p := root / sub / f"{name}.yaml").is_file()]
+        if not found:
+            raise ValueError(f"unknown method {name!r}; choose from {method_names(root)}")
+        files.append(found[0])
+    parser = _curriculum_parser()
+    curriculum, model = None, {}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        config = yaml.safe_load(text) or {}
+        if "curriculum" in config:
+            block = {"curriculum": config["curriculum"]}
+            curriculum = parser.parse_object(block) if curriculum is None else parser.parse_object(block, curriculum)
+        model = _merge_model(model, config.get("model") or {})
+    description = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), name)
+    callback = curriculum.curriculum if curriculum is not None else None
+    schedule = None
+    if callback is not None:
+        schedule = parser.dump(curriculum, format="json", skip_none=False)
+        schedule = json.loads(schedule)["curriculum"]["init_args"]["schedule"]
+    module = "sft" if issubclass(_import(model["class_path"]), SFTGroundingModule) else "grpo"
+    reward = dict((model.get("init_args") or {}).get("reward") or {}) if module == "grpo" else {}
+    return Method(name=name, description=description, config=" + ".join(p.relative_to(root).as_posix() for p in files),
+                  module=module, reward=reward, schedule=schedule)
+
+
+def _configs(configs: str | os.PathLike) -> Path:
+    root = Path(configs)
+    if not (root / RECIPE).is_file():
+        raise FileNotFoundError(f"{root / RECIPE} not found: the lab reads its methods from the repository's "
+                                "configs folder (run it from a source checkout)")
+    return root
+
+
+@functools.lru_cache(maxsize=1)
+def _curriculum_parser() -> Any:
+    from jsonargparse import ArgumentParser
+
+    # the `curriculum` key exactly as `medloc_lightning.cli.MedlocCLI` declares it
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ThresholdCurriculumCallback, "curriculum", fail_untyped=False, required=False)
+    return parser
+
+
+def _merge_model(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge two ``model`` blocks as jsonargparse does for the parts the lab reads (class and reward)."""
+    if "class_path" in overlay and base.get("class_path") and \
+            _import(overlay["class_path"]) is not _import(base["class_path"]):
+        return {"class_path": overlay["class_path"], "init_args": dict(overlay.get("init_args") or {})}
+    args = dict(base.get("init_args") or {})
+    for key, value in (overlay.get("init_args") or {}).items():
+        args[key] = {**args[key], **value} if isinstance(value, dict) and isinstance(args.get(key), dict) else value
+    return {"class_path": overlay.get("class_path", base.get("class_path")), "init_args": args}
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# --- regimes -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prior:
+    """A grounding prior for the lab: BoxPolicy trained by SFT on ``source_preset`` images (another distribution
+    than the ``lab`` target), kept at its best source-validation mIoU after at most ``steps`` steps.
+
+    The default is the paper's starting point in miniature: ``easy`` images hold one large, high-contrast
+    structure, so a short SFT learns to find structures and box them, but its boxes are too loose for the
+    ``lab`` preset's small targets: it hits at τ 0.3 but rarely at 0.5 (measured by `build_prior`'s report).
+    """
+
+    source_preset: str = "easy"
+    n: int = 1200
+    steps: int = 60
+    learning_rate: float = 2e-3
+    val_every: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Where every run of the lab starts (random weights, or the shared `Prior`), and how long it trains."""
+
+    name: str
+    steps: int
+    learning_rate: float = 2e-3
+    prior: Prior | None = None
+
+
+REGIMES: dict[str, Regime] = {
+    "random_init": Regime("random_init", steps=600),
+    "prior": Regime("prior", steps=600, prior=Prior()),
 }
-"""``medloc`` doubles as the refresh-0.5 and piecewise-step rows of the ablations."""
+"""Both regimes train 600 steps at the same learning rate, so the full grid of both fits in about 40 minutes on
+two cores. From the prior, 5e-3 undoes the prior within 100 steps and 1e-3 climbs no faster than 2e-3."""
 
+
+def build_prior(root: str | os.PathLike, prior: Prior, target: pl.LightningDataModule, size: int = 128,
+                batch_size: int = 8, policy_kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Warm-start BoxPolicy by SFT on the prior's source set (`prior.warm_start`), export it to ``root/policy``
+    and report it on ``target``'s validation split. Reuses an export made with the same recipe."""
+    from medloc_lightning.data import SyntheticDataModule
+    from medloc_lightning.policies.box import BoxPolicy
+    from medloc_lightning.prior import _load_split, _train_boxes, grounding_report, warm_start
+
+    root = Path(root)
+    report_path = root / "prior.json"
+    recipe = {**asdict(prior), "size": size, "batch_size": batch_size, "policy": dict(policy_kwargs or {})}
+    if report_path.is_file():
+        saved = json.loads(report_path.read_text(encoding="utf-8"))
+        if saved.get("recipe") == recipe and (root / "policy").is_dir():
+            return str(root / "policy"), saved
+    torch.set_num_threads(1)
+    pl.seed_everything(prior.seed, verbose=False)
+    policy = BoxPolicy(seed=prior.seed, **(policy_kwargs or {}))
+    source = SyntheticDataModule(root=str(root / f"source_{prior.source_preset}"), n=prior.n, size=size,
+                                 preset=prior.source_preset, synth_seed=prior.seed + 1, batch_size=batch_size,
+                                 cache_images=True, seed=prior.seed, workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = warm_start(SFTGroundingModule(policy, learning_rate=prior.learning_rate), source, max_steps=prior.steps,
+                         val_every=prior.val_every, root=root / "sft", log=False)
+    policy.eval().export(str(root / "policy"))
+    thresholds = (0.3, 0.5)
+    report = {"recipe": recipe, "fit": {k: v for k, v in fit.items() if k != "best_checkpoint"},
+              "source_val": grounding_report(policy, _load_split(source, "val"), _train_boxes(source), thresholds=thresholds),
+              "target_val": grounding_report(policy, _load_split(target, "val"), _train_boxes(target), thresholds=thresholds)}
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return str(root / "policy"), json.loads(report_path.read_text(encoding="utf-8"))  # as a reuse returns it
+
+
+# --- one run -------------------------------------------------------------------------------------------------
 
 @dataclass
 class LabResult:
@@ -83,8 +236,13 @@ class LabResult:
     num_raises: int
     final_tau: float
     wall_s: float
+    regime: str = "random_init"
     taus: list[float] = field(default_factory=list)
     hit_rates: list[float] = field(default_factory=list)
+    reward_stds: list[float] = field(default_factory=list)
+    iou_margins: list[float] = field(default_factory=list)
+    """The window's r̄, σ and m̄ at the start of each step (NaN before the first observation or without a
+    curriculum): with ``taus`` they show which check held τ."""
     policy: Any = field(default=None, repr=False, compare=False)
     """The trained policy with ``run(..., return_policy=True)``, else None; never part of `to_dict`."""
 
@@ -95,19 +253,21 @@ class LabResult:
 
 
 class _Recorder(pl.Callback):
-    """Per-step τ and window hit rate, and the zero-std and all-fail group fractions at 20% of the run."""
+    """Per-step τ and window statistics, and the zero-std and all-fail group fractions at 20% of the run."""
 
     def __init__(self, steps: int) -> None:
         self.early_at = max(1, round(0.2 * steps))
         self.taus: list[float] = []
-        self.hit_rates: list[float] = []
+        self.window: dict[str, list[float]] = {"hit_rate": [], "reward_std": [], "iou_margin": []}
         self.zero_std_early = self.all_fail_early = float("nan")
         self._groups = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.taus.append(float(getattr(pl_module, "iou_threshold", float("nan"))))
         curriculum = ThresholdCurriculumCallback.find(trainer)
-        self.hit_rates.append(curriculum.schedule.stats["hit_rate"] if curriculum else float("nan"))
+        stats = curriculum.schedule.stats if curriculum else {}
+        for key, values in self.window.items():
+            values.append(float(stats.get(key, float("nan"))))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         counts = getattr(pl_module, "counts", None)  # GRPO only
@@ -119,33 +279,37 @@ class _Recorder(pl.Callback):
             self.all_fail_early = counts["all_fail_groups"] / self._groups
 
 
-def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int = 0, *,
-        policy_kwargs: dict[str, Any] | None = None, num_generations: int = 8, learning_rate: float = 2e-3,
-        temperature: float = 1.0, val_every: int | None = None, log_dir: str | None = None,
-        return_policy: bool = False) -> LabResult:
-    """Train BoxPolicy with ``method`` for ``steps`` optimizer steps on ``data``, then test it."""
+def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, seed: int = 0, *,
+        init: str | None = None, policy_kwargs: dict[str, Any] | None = None, num_generations: int = 8,
+        learning_rate: float = 2e-3, temperature: float = 1.0, val_every: int | None = None,
+        log_dir: str | None = None, regime: str = "random_init", return_policy: bool = False) -> LabResult:
+    """Train BoxPolicy with ``method`` for ``steps`` optimizer steps on ``data``, then test it.
+
+    ``init`` is a BoxPolicy export to start from (the prior regime); without it the policy starts from random
+    weights seeded by ``seed``. ``regime`` only labels the result.
+    """
     from medloc_lightning.policies.box import BoxPolicy
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    spec = METHODS[method]
+    spec = method if isinstance(method, Method) else load_method(method)
     pl.seed_everything(seed, verbose=False)
-    policy = BoxPolicy(seed=seed, **(policy_kwargs or {}))
+    policy = BoxPolicy.from_export(init) if init else BoxPolicy(seed=seed, **(policy_kwargs or {}))
     callbacks: list[pl.Callback] = []
-    if spec.schedule is None:
+    schedule = spec.build_schedule()
+    if spec.module == "sft":
         module: pl.LightningModule = SFTGroundingModule(policy, learning_rate=learning_rate)
     else:
-        module = GRPOGroundingModule(policy, num_generations=num_generations, temperature=temperature,
-                                     reward=GroundingReward(kind=spec.reward), learning_rate=learning_rate,
-                                     micro_batch_size=1024, seed=seed)
-        callbacks.append(ThresholdCurriculumCallback(spec.schedule(steps), prog_bar=False))
+        reward = GroundingReward(**{**spec.reward, "format_weight": 0.0})
+        module = GRPOGroundingModule(policy, num_generations=num_generations, temperature=temperature, reward=reward,
+                                     learning_rate=learning_rate, micro_batch_size=1024, seed=seed)
+    if schedule is not None:
+        callbacks.append(ThresholdCurriculumCallback(schedule, prog_bar=False))
     recorder = _Recorder(steps)
     callbacks.append(recorder)
     logger: Any = False
     if log_dir is not None:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        logger = TensorBoardLogger(log_dir, name=f"{method}_seed{seed}")
+        logger = TensorBoardLogger(log_dir, name=f"{spec.name}_seed{seed}")
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=logger, callbacks=callbacks,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, val_check_interval=val_every or steps,
@@ -157,15 +321,15 @@ def run(method: str, data: pl.LightningDataModule, steps: int = 800, seed: int =
         trainer.fit(module, data)
         test = trainer.test(module, data, verbose=False)[0]
     wall = time.perf_counter() - start
-    schedule = callbacks[0].schedule if spec.schedule is not None else None
     return LabResult(
-        method=method, seed=seed, steps=trainer.global_step,
+        method=spec.name, seed=seed, steps=trainer.global_step, regime=regime,
         test={k.removeprefix("test/"): float(v) for k, v in test.items()},
         val={k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
         zero_std_early=recorder.zero_std_early, all_fail_early=recorder.all_fail_early,
         num_raises=0 if schedule is None else schedule.num_raises,
         final_tau=float("nan") if schedule is None else schedule.tau,
-        wall_s=wall, taus=recorder.taus, hit_rates=recorder.hit_rates,
+        wall_s=wall, taus=recorder.taus, hit_rates=recorder.window["hit_rate"],
+        reward_stds=recorder.window["reward_std"], iou_margins=recorder.window["iou_margin"],
         policy=policy.eval() if return_policy else None,
     )
 

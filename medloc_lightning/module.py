@@ -23,13 +23,14 @@ from medloc_lightning.counters import Counters
 from medloc_lightning.grpo import (
     ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, zero_std_groups,
 )
-from medloc_lightning.lightning_utils import logs_this_step
+from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 from medloc_lightning.metrics import GroundingMetrics
 from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding, gt_boxes
 from medloc_lightning.rewards import GroundingReward
 
 LRSchedule = Literal["constant", "cosine", "linear"]
 LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
+_HF_SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
 class GroundingModule(pl.LightningModule):
@@ -71,15 +72,28 @@ class GroundingModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.policy.train()  # from_pretrained returns eval mode
 
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        """Optimizer steps per training batch (GRPO reuses a rollout μ times)."""
+        return 1
+
     def configure_optimizers(self) -> Any:
+        """AdamW, and ``lr_schedule`` after ``warmup_steps`` of linear warm-up (transformers' schedules) over
+        every optimizer step of the run, μ per batch included."""
+        from transformers import get_scheduler
+
         params = self.policy.trainable_parameters()
         if not params:
             raise ValueError(f"{type(self.policy).__name__} has no trainable parameters")
         optimizer = torch.optim.AdamW(
             params, lr=self.learning_rate, weight_decay=self.weight_decay, betas=self.adam_betas
         )
-        total = self.trainer.estimated_stepping_batches if self.trainer else math.inf
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(self.lr_schedule, self.warmup_steps, total))
+        total = math.inf if self._trainer is None else total_optimizer_steps(self.trainer, self.optimizer_steps_per_batch)
+        if self.lr_schedule != "constant" and not math.isfinite(total):
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} decays over the run, but the run has no end: "
+                             "set trainer.max_steps or trainer.max_epochs")
+        scheduler = get_scheduler(_HF_SCHEDULERS[self.lr_schedule], optimizer, num_warmup_steps=self.warmup_steps,
+                                  num_training_steps=None if self.lr_schedule == "constant" else int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
@@ -275,6 +289,10 @@ class GRPOGroundingModule(GroundingModule):
         self.max_nonfinite_steps, self._nonfinite_streak = int(max_nonfinite_steps), 0
         self.counts = Counters()
 
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        return self.num_iterations
+
     def configure_model(self) -> None:
         super().configure_model()
         if self.beta > 0:
@@ -286,7 +304,8 @@ class GRPOGroundingModule(GroundingModule):
             step = self._rollout(batch)
             losses, stats = self._optimize(step)
         self._log_step(step, stats, len(batch))
-        return {"loss": losses, "ious": step.ious.detach(), "samples": step.samples()}
+        # [B, G]: one row per prompt group, for a curriculum whose window counts groups
+        return {"loss": losses, "ious": step.ious.detach().view(-1, self.num_generations), "samples": step.samples()}
 
     def _rollout(self, batch: Sequence[Record]) -> GRPOStep:
         """Sample G completions per prompt, then score them at the current τ: rewards and advantages."""
@@ -492,15 +511,3 @@ def _weighted_mean(items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tens
     if not items or total == 0:
         return {}
     return {k: sum(s[k] * w for s, w in items) / total for k in items[0][0]}
-
-
-def _lr_lambda(schedule: str, warmup: int, total: float):
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or not math.isfinite(total) or total <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / (total - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-
-    return factor

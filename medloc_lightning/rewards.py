@@ -2,7 +2,8 @@
 
 Threshold convention: a prediction *hits* at threshold tau when ``IoU >= tau`` (MedLoc-R1 and V-Triune
 use >=; VLM-R1's evaluation and its old binary reward use a strict ``> 0.5``). Curriculum, rewards and
-metrics all use >=.
+metrics all use >=. The reward and the curriculum decide a hit in one precision, float32 (IoU and tau both
+rounded to float32), so an IoU that falls exactly on tau earns the reward and counts as a curriculum hit alike.
 
 A completion with no parseable box has IoU 0 (the caller passes 0), so it gets accuracy 0 under every
 kind (for ``threshold`` and ``blend`` with tau = 0 it still hits, since 0 >= 0).
@@ -50,10 +51,16 @@ def _check_unit(name: str, value: float) -> float:
     return float(value)
 
 
+def hits(ious: Tensor, tau: float) -> Tensor:
+    """Where IoU >= tau, decided in float32 (see the module docstring); ``ious`` already checked."""
+    tau32 = torch.tensor(_check_unit("tau", tau), dtype=torch.float32, device=ious.device)
+    return ious.to(torch.float32) >= tau32
+
+
 def threshold_reward(ious: Tensor | Sequence[float], tau: float) -> Tensor:
     """MedLoc-R1's accuracy reward: 1 where IoU >= tau, else 0."""
     ious = _as_ious(ious)
-    return (ious >= _check_unit("tau", tau)).to(ious.dtype)
+    return hits(ious, tau).to(ious.dtype)
 
 
 def iou_reward(ious: Tensor | Sequence[float]) -> Tensor:
@@ -64,14 +71,14 @@ def iou_reward(ious: Tensor | Sequence[float]) -> Tensor:
 def gated_iou_reward(ious: Tensor | Sequence[float], tau: float) -> Tensor:
     """V-Triune's gated reward: IoU where IoU >= tau, else 0."""
     ious = _as_ious(ious)
-    return ious * (ious >= _check_unit("tau", tau))
+    return ious * hits(ious, tau)
 
 
 def blended_reward(ious: Tensor | Sequence[float], tau: float, alpha: float = 0.5) -> Tensor:
     """(1 - alpha) * threshold + alpha * IoU: the binary/continuous blend MedLoc-R1 names as future work."""
     ious = _as_ious(ious)
     alpha = _check_unit("alpha", alpha)
-    return (1.0 - alpha) * (ious >= _check_unit("tau", tau)).to(ious.dtype) + alpha * ious
+    return (1.0 - alpha) * hits(ious, tau).to(ious.dtype) + alpha * ious
 
 
 def format_reward(texts: Sequence[str], require_think: bool = True) -> Tensor:
@@ -157,9 +164,12 @@ class TRLRewardFunction:
     ``progress = global_step / max_steps`` from TRL's ``trainer_state``. TRL calls reward functions once
     per generation batch, i.e. once per optimizer step with its default ``steps_per_generation``.
 
-    TRL also calls reward functions during evaluation and does not say which mode it is in; set
-    ``is_training`` (e.g. ``lambda: trainer.model.training``, assigned once the trainer exists) so the
-    schedule only observes training rollouts.
+    TRL also calls reward functions on evaluation rollouts, and only training rollouts may move τ. By default
+    the ``trainer_state`` tells them apart: TRL adds each training generation's tokens to
+    ``num_input_tokens_seen`` before scoring it and leaves the count alone when it evaluates, so a call whose
+    count has not grown since the previous call is an evaluation call, and is scored but not observed. All
+    ranks see the same count, so they agree. ``is_training`` (e.g. ``lambda: trainer.model.training``)
+    overrides that rule; a call without ``trainer_state`` (not from a Trainer) is observed.
     """
 
     def __init__(
@@ -184,6 +194,7 @@ class TRLRewardFunction:
         self.size_columns = size_columns
         self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
         self.is_training = is_training
+        self._tokens_seen = 0.0
         self.__name__ = name  # TRL names the reward's logged metrics after it
 
     @property
@@ -200,9 +211,19 @@ class TRLRewardFunction:
         if callable(log_metric):
             log_metric("curriculum/tau", tau)
             log_metric("curriculum/mean_iou", float(ious.mean()) if ious.numel() else 0.0)
-        if self.schedule is not None and (self.is_training is None or self.is_training()):
+        if self.schedule is not None and self._training_call(kwargs.get("trainer_state")):
             self.schedule.observe(_gather(ious), progress=_progress(kwargs.get("trainer_state")))
         return total.tolist()
+
+    def _training_call(self, trainer_state: Any) -> bool:
+        """Whether this call scores training rollouts (see the class docstring)."""
+        if self.is_training is not None:
+            return bool(self.is_training())
+        tokens = getattr(trainer_state, "num_input_tokens_seen", None)
+        if tokens is None:
+            return True
+        grew, self._tokens_seen = float(tokens) > self._tokens_seen, max(self._tokens_seen, float(tokens))
+        return grew
 
     def ious(self, texts: Sequence[str], columns: Mapping[str, Any]) -> Tensor:
         """Float64 IoU per completion, in original pixels (0 where no box parses)."""

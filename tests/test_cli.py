@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medloc_lightning.cli import MedlocCLI, Trainer, main
 
@@ -14,12 +15,32 @@ MAIN = CONFIGS / "medloc_qwen2_5_vl_3b.yaml"
 SMOKE = CONFIGS / "tiny_smoke.yaml"
 OVERLAYS = sorted(p for sub in ("baselines", "ablations", "data", "strategies", "variants")
                   for p in (CONFIGS / sub).glob("*.yaml"))
+RUN_OVERLAYS = [p for p in OVERLAYS if "default_root_dir" in (yaml.safe_load(p.read_text()).get("trainer") or {})]
+
+
+def _run_folder(overlay: Path) -> str:
+    return yaml.safe_load(overlay.read_text())["trainer"]["default_root_dir"]
 
 
 def test_every_config_directory_is_covered():
     top = {p.name for p in CONFIGS.glob("*.yaml")}
     assert {"medloc_qwen2_5_vl_3b.yaml", "tiny_smoke.yaml"} <= top
     assert len(OVERLAYS) >= 25
+    assert {p.parent.name for p in RUN_OVERLAYS} == {"baselines", "ablations", "variants"}
+    folders = [_run_folder(p) for p in RUN_OVERLAYS]
+    assert len(set(folders)) == len(folders)  # no two overlays share a folder
+
+
+@pytest.mark.parametrize("overlay", RUN_OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_an_overlay_moves_every_output_of_the_paper_recipe_into_its_folder(overlay, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["medloc"])  # the command line is the args below, not pytest's
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(MAIN), "--config", str(overlay), "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    folder = _run_folder(overlay)
+    assert trainer["default_root_dir"] == trainer["logger"]["init_args"]["save_dir"] == folder
+    # checkpoints follow the logger: no callback writes to a path of its own
+    assert not [cb for cb in trainer["callbacks"] if (cb.get("init_args") or {}).get("dirpath")]
 
 
 @pytest.mark.parametrize("overlay", [None, *OVERLAYS], ids=lambda p: "main" if p is None else f"{p.parent.name}/{p.name}")
@@ -67,7 +88,7 @@ def test_tiny_smoke_fit_test_predict_export(tmp_path, monkeypatch):
     _fit(tmp_path, monkeypatch)
     ckpt = tmp_path / "runs" / "tiny_smoke" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    events = list((tmp_path / "runs" / "tiny_smoke" / "tb").rglob("events.out.tfevents.*"))
+    events = list((tmp_path / "runs" / "tiny_smoke").glob("events.out.tfevents.*"))
     assert events
     common = ["--config", str(SMOKE), "--data.init_args.n", "20", "--ckpt_path", str(ckpt)]
     with warnings.catch_warnings():
@@ -75,15 +96,19 @@ def test_tiny_smoke_fit_test_predict_export(tmp_path, monkeypatch):
         main(["test", *common])
         main(["predict", *common])
         main(["export", *common, "--out_dir", str(tmp_path / "exported")])
-    predictions = list((tmp_path / "runs" / "tiny_smoke" / "tb").rglob("predictions.jsonl"))
+    predictions = list((tmp_path / "runs" / "tiny_smoke").glob("predictions.jsonl"))
     rows = [json.loads(line) for line in predictions[0].read_text().splitlines()]
     assert len(rows) == 2 and {"id", "bbox", "answer", "iou"} <= set(rows[0])  # 20 records -> 2 test records
     assert (tmp_path / "exported" / "adapter_config.json").is_file()  # tiny_smoke trains LoRA: adapter export
 
 
-def test_sft_baseline_on_the_tiny_config(tmp_path, monkeypatch):
-    _fit(tmp_path, monkeypatch, "--config", str(CONFIGS / "baselines" / "sft.yaml"))
-    assert (tmp_path / "runs" / "baseline_sft").exists() or (tmp_path / "runs" / "tiny_smoke").exists()
+@pytest.mark.parametrize("overlay", ["baselines/sft.yaml", "ablations/fixed_moderate.yaml"])
+def test_an_overlay_run_lands_in_its_own_folder_and_nowhere_else(tmp_path, monkeypatch, overlay):
+    _fit(tmp_path, monkeypatch, "--config", str(CONFIGS / overlay))
+    folder = tmp_path / _run_folder(CONFIGS / overlay)
+    assert [p for p in (tmp_path / "runs").iterdir()] == [folder]  # runs/tiny_smoke untouched
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+    assert list(folder.glob("events.out.tfevents.*")) and (folder / "config.yaml").is_file()
 
 
 def test_export_rejects_a_checkpoint_of_another_model(tmp_path, monkeypatch, capsys):

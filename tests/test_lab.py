@@ -1,18 +1,24 @@
-"""medloc_lightning.lab: the methods of the paper's tables as runnable specs, and one short real run of each kind."""
+"""medloc_lightning.lab: methods read from the shipped configs, the prior regime, and short real runs."""
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from medloc_lightning import lab
-from medloc_lightning.curriculum import FixedThreshold, IntervalSchedule, ThresholdCurriculum
+from medloc_lightning.cli import main
+from medloc_lightning.curriculum import FixedThreshold, IntervalSchedule, ProgressSchedule, ThresholdCurriculum
 from medloc_lightning.policies.box import BoxPolicy
+from medloc_lightning.rewards import GroundingReward
 
 TINY_POLICY = {"image_size": 64, "channels": 16, "query_dim": 16, "vocab_buckets": 256}
 STEPS = 6
+OVERLAY_METHODS = [name for name in lab.method_names() if name != "medloc"]
 
 
 @pytest.fixture(scope="module")
@@ -22,52 +28,77 @@ def data(tmp_path_factory: pytest.TempPathFactory):
     return module
 
 
-def test_every_method_builds_its_schedule_for_a_run_length() -> None:
-    for name, method in lab.METHODS.items():
-        if method.schedule is None:
-            assert name == "sft"
-            continue
-        schedule = method.schedule(1000)
-        assert 0.0 < schedule.tau <= 1.0, name
-    assert isinstance(lab.METHODS["medloc"].schedule(10), ThresholdCurriculum)
-    assert isinstance(lab.METHODS["fixed_tau"].schedule(10), FixedThreshold)
-    assert lab.METHODS["raw_iou"].reward == "iou" and lab.METHODS["v_triune"].reward == "gated_iou"
-
-
-def test_blind_schedules_raise_at_fractions_of_the_run() -> None:
-    schedule = lab.METHODS["fixed_aggressive"].schedule(200)
-    assert isinstance(schedule, IntervalSchedule)
-    raised = [step for step in range(1, 41) if schedule.observe([0.0] * 4)]
-    assert raised == [10, 20, 30, 40]  # every 5% of 200 steps, whatever the IoUs
-
-
-def test_unknown_method_is_rejected_with_the_choices(data) -> None:
+def test_the_methods_are_the_recipe_and_every_baseline_and_ablation_overlay() -> None:
+    names = lab.method_names()
+    stems = {p.stem for sub in ("baselines", "ablations") for p in (lab.CONFIGS / sub).glob("*.yaml")}
+    assert names[0] == "medloc" and set(names[1:]) == stems - set(lab.SAME_AS_RECIPE)
+    for name in lab.SAME_AS_RECIPE:  # restating the recipe, they resolve to medloc's schedule exactly
+        assert lab.load_method(name).schedule == lab.load_method("medloc").schedule
+    medloc = lab.load_method("medloc")
+    assert medloc.config == lab.RECIPE and medloc.module == "grpo" and medloc.reward["kind"] == "threshold"
+    assert isinstance(medloc.build_schedule(), ThresholdCurriculum)
+    sft = lab.load_method("sft")
+    assert sft.module == "sft" and sft.schedule is None and sft.build_schedule() is None
+    assert lab.load_method("raw_iou").reward["kind"] == "iou" and lab.load_method("v_triune").reward["kind"] == "gated_iou"
     with pytest.raises(ValueError, match="unknown method 'medloc_r1'.*fixed_tau"):
-        lab.run("medloc_r1", data, steps=1)
+        lab.load_method("medloc_r1")
+
+
+@pytest.mark.parametrize("name", OVERLAY_METHODS)
+def test_a_lab_method_is_what_medloc_fit_resolves_from_its_configs(name: str, capsys, monkeypatch) -> None:
+    """One definition per method: the lab's schedule and reward are those of `medloc fit --config RECIPE --config
+    OVERLAY`, read back from LightningCLI's --print_config."""
+    monkeypatch.setattr("sys.argv", ["medloc"])  # the command line is the args below, not pytest's
+    method = lab.load_method(name)
+    recipe, overlay = (lab.CONFIGS / part for part in method.config.split(" + "))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(recipe), "--config", str(overlay), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    if method.schedule is None:
+        assert printed.get("curriculum") is None
+    else:
+        assert method.schedule == printed["curriculum"]["init_args"]["schedule"]
+    assert (method.module == "sft") == printed["model"]["class_path"].endswith("SFTGroundingModule")
+    if method.module == "grpo":
+        assert GroundingReward(**method.reward) == GroundingReward(**printed["model"]["init_args"]["reward"])
+
+
+def test_both_readings_of_the_fixed_schedules() -> None:
+    blind, gated = lab.load_method("fixed_aggressive").build_schedule(), lab.load_method("fixed_gated_aggressive")
+    assert isinstance(blind, IntervalSchedule)
+    raised = [k for k in range(1, 201) if blind.observe([0.0] * 4, progress=k / 200)]
+    assert raised == [10, 20, 30, 40]  # every 5% of the run, whatever the IoUs
+    schedule = gated.build_schedule()
+    assert isinstance(schedule, ThresholdCurriculum) and schedule.checks == ("accuracy", "stability", "margin")
+    assert schedule.step.steps == (0.15,) and schedule.min_hit_rate == (0.8, 0.8) and schedule.max_reward_std == (0.1, 0.1)
+    progress = lab.load_method("v_triune_binary").build_schedule()
+    assert isinstance(progress, ProgressSchedule) and [progress.tau_at(p) for p in (0.1, 0.25, 1.0)] == [0.3, 0.55, 0.8]
 
 
 def test_a_grpo_run_records_every_step_and_counts_groups_early(data) -> None:
     result = lab.run("medloc", data, steps=STEPS, policy_kwargs=TINY_POLICY, return_policy=True)
     assert result.steps == STEPS and len(result.taus) == STEPS and len(result.hit_rates) == STEPS
     assert result.taus[0] == pytest.approx(0.3) and result.final_tau >= 0.3
-    assert math.isnan(result.hit_rates[0]) and not math.isnan(result.hit_rates[-1])  # empty window, then filled
+    assert len(result.reward_stds) == len(result.iou_margins) == STEPS
+    for series in (result.hit_rates, result.reward_stds, result.iou_margins):
+        assert math.isnan(series[0]) and not math.isnan(series[-1])  # empty window, then filled
     assert {"acc@0.5", "acc@0.75", "pseudo_map", "miou"} <= set(result.test)
     # An all-fail group has equal (zero) rewards, so it is one of the zero-std groups.
     assert 0.0 <= result.all_fail_early <= result.zero_std_early <= 1.0
     assert isinstance(result.policy, BoxPolicy) and not result.policy.training
     as_dict = result.to_dict()
-    assert "policy" not in as_dict
+    assert "policy" not in as_dict and as_dict["regime"] == "random_init"
     json.dumps(as_dict)
 
 
 def test_an_untrained_policy_under_a_strict_threshold_fails_every_group(data) -> None:
     # τ = 0.99 for the whole run: no box of a freshly initialised policy gets there, so every group is all-fail
     # and zero-std (the vanishing-gradient case the curriculum exists for).
-    lab.METHODS["_strict"] = lab.Method("test only", lambda steps: FixedThreshold(0.99))
-    try:
-        result = lab.run("_strict", data, steps=STEPS, policy_kwargs=TINY_POLICY)
-    finally:
-        del lab.METHODS["_strict"]
+    strict = replace(lab.load_method("fixed_tau"), name="strict",
+                     schedule={"class_path": "medloc_lightning.curriculum.FixedThreshold", "init_args": {"tau": 0.99}})
+    assert isinstance(strict.build_schedule(), FixedThreshold)
+    result = lab.run(strict, data, steps=STEPS, policy_kwargs=TINY_POLICY)
+    assert result.method == "strict" and result.final_tau == 0.99
     assert result.all_fail_early == 1.0 and result.zero_std_early == 1.0 and result.num_raises == 0
 
 
@@ -77,3 +108,27 @@ def test_sft_has_no_curriculum_or_groups(data, tmp_path: Path) -> None:
     assert math.isnan(result.zero_std_early) and math.isnan(result.all_fail_early) and math.isnan(result.final_tau)
     assert result.policy is None
     assert list(tmp_path.glob("sft_seed0/version_0/events.out.tfevents.*"))
+
+
+def test_the_prior_is_built_once_and_every_run_starts_from_it(data, tmp_path: Path) -> None:
+    from medloc_lightning.metrics import GroundingMetrics
+
+    prior = lab.Prior(n=40, steps=4, val_every=2)
+    path, report = lab.build_prior(tmp_path / "prior", prior, data, size=64, batch_size=4, policy_kwargs=TINY_POLICY)
+    assert report["fit"]["steps"] == 4 and report["recipe"]["source_preset"] == "easy"
+    assert {"acc@0.3", "acc@0.5", "miou"} <= set(report["target_val"]["policy"])
+    weights = Path(path) / "box_policy.pt"
+    written = weights.stat().st_mtime_ns
+    again = lab.build_prior(tmp_path / "prior", prior, data, size=64, batch_size=4, policy_kwargs=TINY_POLICY)
+    assert again[0] == path and json.dumps(again[1]) == json.dumps(report)
+    assert weights.stat().st_mtime_ns == written  # reused, not retrained
+    # A run from the prior with a vanishing learning rate tests what the prior itself predicts.
+    result = lab.run("medloc", data, steps=1, init=path, learning_rate=1e-12, regime="prior")
+    data.setup("test")
+    records = [data.datasets["test"][i] for i in range(len(data.datasets["test"]))]
+    metrics = GroundingMetrics()
+    with torch.no_grad():
+        metrics.update(BoxPolicy.from_export(path).eval().predict(records)[1].float(),
+                       torch.tensor([r["bbox"] for r in records], dtype=torch.float32))
+    assert result.regime == "prior"
+    assert result.test["miou"] == pytest.approx(float(metrics.compute()["miou"]), abs=1e-6)

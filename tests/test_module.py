@@ -223,3 +223,61 @@ def test_resuming_without_the_curriculum_that_saved_tau_warns(tmp_path):
     assert module.iou_threshold == 0.5
     assert any("carries curriculum state (tau = 0.3) but no matching ThresholdCurriculumCallback is configured: "
                "training continues at iou_threshold = 0.5" in str(w.message) for w in caught)
+
+
+# --- learning-rate schedules over every optimizer step ---------------------------------------------------------
+
+class LearningRates(pl.Callback):
+    """The learning rate each optimizer step uses, and τ at the start of each batch."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.taus: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.taus.append(float(getattr(pl_module, "iou_threshold", math.nan)))
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    # transformers' schedules with warm-up 2 over 10 steps, written out: warm-up k / 2, then the decay
+    ("constant", [0.0, 0.5] + [1.0] * 8),
+    ("linear", [0.0, 0.5] + [(10 - k) / 8 for k in range(2, 10)]),
+    ("cosine", [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * (k - 2) / 8)) for k in range(2, 10)]),
+])
+def test_learning_rate_schedules_take_their_values_step_by_step(schedule, expected):
+    lrs = LearningRates()
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, learning_rate=0.1, warmup_steps=2,
+                                 lr_schedule=schedule)
+    fit(module, square_records(2), 10, callbacks=[lrs])
+    assert lrs.lrs == pytest.approx([0.1 * f for f in expected])
+
+
+def test_sft_learning_rate_schedule_spans_the_run():
+    lrs = LearningRates()
+    fit(SFTGroundingModule(ScriptedPolicy(ANSWERS), learning_rate=0.1, lr_schedule="linear"), square_records(8), 4,
+        callbacks=[lrs])
+    assert lrs.lrs == pytest.approx([0.1, 0.075, 0.05, 0.025])
+
+
+def test_with_several_optimizer_steps_per_batch_the_schedules_span_every_step():
+    # mu = 2 and one epoch of 4 batches: 8 optimizer steps. Counted as 4 batches, the linear learning rate would
+    # reach 0 halfway and a progress-driven tau its last stage early.
+    from medloc_lightning.curriculum import ProgressSchedule
+
+    lrs = LearningRates()
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, num_iterations=2, learning_rate=0.1,
+                                 lr_schedule="linear", max_grad_norm=None)
+    curriculum = ThresholdCurriculumCallback(ProgressSchedule([(0.5, 0.2), (1.0, 0.7)]))
+    trainer = fit(module, square_records(8), -1, callbacks=[lrs, curriculum], max_epochs=1)
+    assert trainer.global_step == 8
+    assert lrs.lrs == pytest.approx([0.1 * (8 - k) / 8 for k in range(8)])
+    assert lrs.taus == [0.2, 0.2, 0.2, 0.7]  # observed after 2, 4, 6 of 8 steps: progress 0.25, 0.5, 0.75
+
+
+def test_a_decaying_schedule_needs_a_run_with_an_end():
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="max_steps or trainer.max_epochs"):
+        fit(module, square_records(2), -1, max_epochs=-1)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medloc_lightning.boxes import ImageGeometry, box_iou
 from medloc_lightning.parsing import format_answer
@@ -191,17 +194,30 @@ def test_trl_adapter_rewards_under_current_tau_then_observes() -> None:
     schedule = RecordingSchedule(tau=0.5)
     fn = TRLRewardFunction(schedule=schedule)
     completions = _answers(GT, (10, 20, 110, 120), None)  # IoUs 1, 0.5, 0
-    state = TrainerState(global_step=5, max_steps=20)
+    state = TrainerState(global_step=5, max_steps=20, num_input_tokens_seen=900)
     assert fn(["p"] * 3, completions, solution=[GT] * 3, trainer_state=state) == [1.0, 1.0, 0.0]
     assert schedule.seen == [([1.0, 0.5, 0.0], 0.25)]
     assert fn.tau == pytest.approx(0.6)
     # the raise takes effect on the next call: IoU 0.5 now misses
     assert fn(["p"] * 3, completions, solution=[GT] * 3) == [1.0, 0.0, 0.0]
     assert schedule.seen[1][1] is None  # no trainer_state, no progress
-    # evaluation calls are not observed once is_training says so
+    # is_training overrides the rule that reads trainer_state
     fn.is_training = lambda: False
     fn(["p"] * 3, completions, solution=[GT] * 3)
     assert len(schedule.seen) == 2
+
+
+def test_trl_adapter_observes_only_calls_whose_token_count_grew() -> None:
+    from transformers import TrainerState
+
+    schedule = RecordingSchedule(tau=0.5)
+    fn = TRLRewardFunction(schedule=schedule)
+    completions = _answers(GT, None)
+    # TRL counts tokens of training generations only, before scoring them: evaluation repeats the last count
+    for tokens, step in ((0, 0), (500, 0), (1000, 1), (1000, 1), (1000, 1), (1500, 1), (1500, 2)):
+        fn(["p"] * 2, completions, solution=[GT] * 2,
+           trainer_state=TrainerState(global_step=step, max_steps=10, num_input_tokens_seen=tokens))
+    assert [progress for _, progress in schedule.seen] == [0.0, 0.1, 0.1]
 
 
 def test_trl_adapter_follows_trls_reward_function_convention() -> None:
@@ -244,3 +260,88 @@ def test_trl_adapter_all_gathers_under_torch_distributed() -> None:
         finally:
             dist.destroy_process_group()
     assert math.isclose(schedule.tau, 0.6)
+
+
+# --- one precision for a hit: the reward and the curriculum agree, ties included ---------------------------------
+
+@pytest.mark.parametrize("tau", [0.45, 0.65, 0.70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_iou_exactly_at_tau_is_a_hit_for_the_reward_and_the_curriculum(tau: float, dtype: torch.dtype) -> None:
+    from medloc_lightning.curriculum import FixedThreshold
+
+    # a box covering tau * 20 of a 20-pixel-wide target: IoU is tau, as box_iou computes it in this dtype
+    pred = torch.tensor([[0.0, 0.0, round(tau * 20), 10.0]], dtype=dtype)
+    iou = box_iou(pred, torch.tensor([[0.0, 0.0, 20.0, 10.0]], dtype=dtype))
+    assert threshold_reward(iou, tau).item() == 1.0
+    schedule = FixedThreshold(tau)
+    schedule.observe(iou)
+    assert schedule.stats["hit_rate"] == 1.0
+
+
+@given(iou=st.floats(0.0, 1.0), tau=st.floats(0.0, 1.0), wide=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_reward_and_curriculum_hits_agree_everywhere(iou: float, tau: float, wide: bool) -> None:
+    from medloc_lightning.curriculum import FixedThreshold
+
+    ious = torch.tensor([iou], dtype=torch.float64 if wide else torch.float32)
+    for near in (iou, float(torch.tensor(tau, dtype=torch.float32))):  # and an IoU sitting on tau in float32
+        ious = torch.tensor([near], dtype=ious.dtype)
+        schedule = FixedThreshold(tau)
+        schedule.observe(ious)
+        assert threshold_reward(ious, tau).item() == schedule.stats["hit_rate"], (near, tau, ious.dtype)
+
+
+class TrainingOnly:
+    """A fixed-tau schedule that records, for each observe, whether TRL's model was in training mode."""
+
+    def __init__(self) -> None:
+        self.tau, self.trainer, self.modes = 0.5, None, []
+
+    def observe(self, ious: Any, progress: float | None = None) -> bool:
+        self.modes.append(self.trainer.model.training)
+        return False
+
+
+@pytest.mark.slow
+def test_inside_trl_only_training_rollouts_are_observed(tmp_path) -> None:
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from trl import GRPOConfig, GRPOTrainer
+
+    from medloc_lightning.parsing import build_prompt
+    from medloc_lightning.policies.qwen_processor import load_processor
+    from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+    from medloc_lightning.rewards import TRLRewardFunction
+
+    model_dir = str(tiny_qwen_path(tmp_path / "model"))
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": [{"role": "user", "content": build_prompt("the lesion")}],
+             "image": Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)),
+             "solution": [4.0, 4.0, 30.0, 30.0]} for _ in range(8)]
+    data = Dataset.from_list(rows)
+    schedule = TrainingOnly()
+    reward = TRLRewardFunction(schedule=schedule, size_columns=None)
+    calls = []
+    original = reward.__call__
+
+    with warnings.catch_warnings():  # TRL's own deprecation notices
+        warnings.simplefilter("ignore")
+        config = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, per_device_train_batch_size=4,
+                            per_device_eval_batch_size=4, num_generations=2, max_completion_length=4, max_steps=3,
+                            eval_strategy="steps", eval_steps=1, learning_rate=1e-5, logging_steps=1, report_to="none",
+                            save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0)
+        trainer = GRPOTrainer(model=Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir),
+                              reward_funcs=reward, args=config, train_dataset=data, eval_dataset=data.select(range(4)),
+                              processing_class=load_processor(model_dir, min_pixels=56 * 56, max_pixels=56 * 56))
+        schedule.trainer = trainer
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.append(trainer.model.training)
+            return original(*args, **kwargs)
+
+        trainer.reward_funcs = [spy]
+        trainer.train()
+    assert calls.count(False) >= 3  # TRL scored evaluation rollouts with our reward...
+    assert schedule.modes == [True] * calls.count(True)  # ...but only training rollouts reached the schedule

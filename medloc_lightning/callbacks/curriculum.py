@@ -2,6 +2,9 @@
 
 The contract with the LightningModule is two lines: ``training_step`` returns a dict holding ``loss`` and
 ``ious`` (this step's IoUs, any shape), and the module reads its reward threshold from ``self.iou_threshold``.
+For a schedule with ``window_unit="group"`` the IoUs' rows (their last axis) are the prompt groups, e.g.
+``[B, G]``; a 1-D tensor is one group. A module that steps its optimizer several times per batch says so
+with an ``optimizer_steps_per_batch`` attribute, so progress counts optimizer steps.
 """
 from __future__ import annotations
 
@@ -13,16 +16,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from medloc_lightning.curriculum import CurriculumMismatchError, ThresholdCurriculum, ThresholdSchedule
-from medloc_lightning.lightning_utils import logs_this_step
+from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 
 
 class ThresholdCurriculumCallback(pl.Callback):
     """Observe per-step IoUs, move τ, and write it to ``pl_module.<attr>``; identical on every rank.
 
     IoUs are accumulated over gradient-accumulation micro-batches and observed once per optimizer step.
-    Under DDP/FSDP they are all-gathered first (in rank order), so every rank sees the same stream and
-    therefore holds the same window and τ. The schedule's full state travels in the checkpoint, with its
-    kind and settings: resuming under another schedule fails with a clear error, unless
+    Under DDP/FSDP they are all-gathered first (in rank order, whole groups), so every rank sees the same
+    stream and therefore holds the same window and τ. The schedule's full state travels in the checkpoint, with
+    its kind and settings: resuming under another schedule fails with a clear error, unless
     ``reset_on_mismatch=True``, which starts the configured schedule afresh (with a warning).
     """
 
@@ -67,27 +70,33 @@ class ThresholdCurriculumCallback(pl.Callback):
         self._apply(pl_module)
         if self._last_global_step is None:
             self._last_global_step = trainer.global_step
-        total = trainer.estimated_stepping_batches
-        self._total_steps = None if not total or math.isinf(total) else float(total)
+        total = total_optimizer_steps(trainer, int(getattr(pl_module, "optimizer_steps_per_batch", 1)))
+        self._total_steps = None if not total or math.isinf(total) else total
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         ious = _find_ious(outputs, self.ious_key)
         if ious is not None:
-            self._pending.append(ious.detach().reshape(-1).to(torch.float32))
+            self._pending.append(ious.detach().to(torch.float32))
         if self._last_global_step is None:
             self._last_global_step = trainer.global_step - 1
         if trainer.global_step == self._last_global_step:
             return  # mid-accumulation: no optimizer step yet
         self._last_global_step = trainer.global_step
-        local = torch.cat(self._pending) if self._pending else torch.zeros(0)
+        groups = [group for t in self._pending for group in _groups(t)]
         self._pending = []
+        local = torch.cat(groups) if groups else torch.zeros(0)
         gathered = _gather_variable(trainer, local.to(pl_module.device))
         if gathered.numel() == 0:
             return
+        if getattr(self.schedule, "window_unit", "step") == "group":
+            lengths = _gather_variable(trainer, torch.tensor([len(g) for g in groups], device=pl_module.device))
+            observed: Any = [g for g in torch.split(gathered, lengths.tolist()) if g.numel()]
+        else:
+            observed = gathered
         progress = None if self._total_steps is None else min(1.0, trainer.global_step / self._total_steps)
-        raised = self.schedule.observe(gathered, progress=progress)
+        raised = self.schedule.observe(observed, progress=progress)
         self._apply(pl_module)
         self._log(trainer, pl_module, raised)
         if raised:
@@ -137,8 +146,13 @@ def _find_ious(outputs: Any, key: str) -> torch.Tensor | None:
     return torch.as_tensor(outputs[key])
 
 
+def _groups(ious: torch.Tensor) -> torch.Tensor:
+    """The rows of ``ious`` along its last axis (a 0-D or 1-D tensor is one row)."""
+    return ious.reshape(1, -1) if ious.ndim < 2 else ious.reshape(-1, ious.shape[-1])
+
+
 def _gather_variable(trainer: pl.Trainer, local: torch.Tensor) -> torch.Tensor:
-    """All-gather 1-D tensors of different lengths; concatenated in rank order."""
+    """All-gather 1-D tensors of different lengths (every rank calls it); concatenated in rank order."""
     if trainer.world_size == 1:
         return local.cpu()
     strategy = trainer.strategy

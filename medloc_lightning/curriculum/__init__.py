@@ -2,6 +2,7 @@
 from medloc_lightning.curriculum.schedules import (
     CHECKS,
     CurriculumMismatchError,
+    WINDOW_UNITS,
     FixedThreshold,
     IntervalSchedule,
     ProgressSchedule,
@@ -22,4 +23,5 @@ __all__ = [
     "StepSchedule",
     "ThresholdCurriculum",
     "ThresholdSchedule",
+    "WINDOW_UNITS",
 ]

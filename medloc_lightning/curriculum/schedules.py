@@ -2,19 +2,34 @@
 
 This module is the one place that spells out the paper's symbols.
 
-- τ: the IoU threshold of the binary reward 1[IoU ≥ τ]; it moves from ``tau_start`` to ``tau_target``.
-- The sliding window W holds the IoUs of the last N = ``window`` observed optimizer steps. Every statistic
-  is taken against the *current* τ, and the window is re-read when τ changes:
-  - r̄ (``hit_rate``): the mean over window steps of the per-step fraction of IoUs ≥ τ.
-  - σ (``reward_std``): the population std, over window steps, of those per-step hit rates
-    (temporal stability).
-  - m̄ (``iou_margin``): the mean over window steps of the per-step mean IoU, minus τ.
+- τ: the IoU threshold of the binary reward 1[IoU ≥ τ]; it moves from ``tau_start`` to ``tau_target``. A hit
+  is decided in float32 (the IoU and τ both rounded to float32), exactly as `medloc_lightning.rewards` decides
+  it, so an IoU that earns the reward is a hit here too, ties included.
+- The sliding window W holds the last N = ``window`` entries. What one entry is, is ``window_unit``:
+  - ``"step"`` (default): every IoU of one observed optimizer step, all prompts, completions and ranks
+    pooled. The window spans the last N steps, as the paper's text says.
+  - ``"group"``: one prompt's G completions, as the paper's formula indexes the window (one ground-truth
+    box b*(t) per entry). A step of B prompts adds B entries, so N counts prompts.
+- Every statistic is taken over the window's entries against the *current* τ:
+  - r̄ (``hit_rate``): the mean over entries of each entry's fraction of IoUs ≥ τ.
+  - σ (``reward_std``): the population std, over entries, of those per-entry hit rates.
+  - m̄ (``iou_margin``): the mean over entries of each entry's mean IoU, minus τ.
+- What σ measures depends on the unit, and so does the S_τ it is held to. Per step, σ is the spread of the
+  step-to-step hit rate (temporal stability); each step averages B·G·world completions, so σ shrinks about
+  as 1/√B and a given S_τ means something else at another batch size or world size. Per group, σ is the
+  spread across prompts, including the binomial noise of G draws (about √(p(1 − p)/G): 0.14 at p = 0.8,
+  G = 8) and the spread of prompt difficulty; it does not depend on B or the world size, but the paper's
+  S_τ of 0.10–0.20 then passes only when nearly every group hits alike (p near 1). The default stays
+  ``"step"``: it is the paper's wording, it keeps runs and checkpoints as they were, and the shipped
+  S_τ values were set for it.
 - P_τ (``min_hit_rate``) and S_τ (``max_reward_std``) are given at tau_start and at tau_target and
   interpolated linearly in τ (a float is a constant). Δ (``min_margin``) is constant.
-- The criterion C = [r̄ ≥ P_τ] ∧ [σ ≤ S_τ] ∧ [m̄ ≥ Δ] (the enabled checks only) is evaluated only when
-  the window is full. When it holds, τ ← min(τ + δ, tau_target), δ from a step schedule
-  (`medloc_lightning.curriculum.steps`), and the oldest round(refresh·N) steps are dropped
-  (semi-preserved refresh at 0.5, full replacement at 1.0; round half up).
+- The criterion C = [r̄ ≥ P_τ] ∧ [σ ≤ S_τ] ∧ [m̄ ≥ Δ] (the enabled checks only) is evaluated once per
+  observed step, and only when the window is full. When it holds, τ ← min(τ + δ, tau_target), δ from a step
+  schedule (`medloc_lightning.curriculum.steps`), and the oldest round(refresh·N) entries are dropped
+  (semi-preserved refresh at 0.5, full replacement at 1.0; round half up). With ``rescore_on_raise`` (the
+  default) the kept entries are re-scored at the new τ; without it they keep the hits they earned at the old
+  τ until they leave the window (m̄ is always measured against the current τ).
 
 The core imports no Lightning: `ThresholdCurriculumCallback` is the thin adapter.
 """
@@ -32,6 +47,8 @@ from medloc_lightning.curriculum.steps import PiecewiseStep, StepSchedule
 
 Check = Literal["accuracy", "stability", "margin"]
 CHECKS: tuple[str, ...] = get_args(Check)
+WindowUnit = Literal["step", "group"]
+WINDOW_UNITS: tuple[str, ...] = get_args(WindowUnit)
 
 
 def _check_tau(name: str, value: float) -> float:
@@ -82,13 +99,19 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def as_iou_array(ious: Any) -> np.ndarray:
-    """Flatten one step's IoUs (tensor, array or nested list, any shape) to float64; reject bad values."""
+def _float32(ious: Any) -> np.ndarray:
     if hasattr(ious, "detach"):
-        ious = ious.detach().to("cpu").double().numpy()
-    arr = np.asarray(ious, dtype=np.float64).reshape(-1)
+        import torch  # only reached with a tensor, so torch is already loaded
+
+        return ious.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(ious, dtype=np.float32)
+
+
+def as_iou_array(ious: Any) -> np.ndarray:
+    """Flatten one entry's IoUs (tensor, array or nested list, any shape) to float32; reject bad values."""
+    arr = _float32(ious).reshape(-1)
     if arr.size == 0:
-        raise ValueError("ious is empty: observe() needs at least one IoU per step")
+        raise ValueError("ious is empty: observe() needs at least one IoU per entry")
     if not np.isfinite(arr).all():
         raise ValueError("ious contains NaN or inf: an unparsed answer must be passed as IoU 0")
     if arr.min() < 0.0 or arr.max() > 1.0:
@@ -96,20 +119,43 @@ def as_iou_array(ious: Any) -> np.ndarray:
     return arr
 
 
+def as_iou_groups(ious: Any) -> list[np.ndarray]:
+    """One step's IoUs as groups: a list or tuple holds one group per element (lengths may differ); an array
+    or tensor holds its groups along the last axis ([B, G]: B groups; 1-D: one group)."""
+    if isinstance(ious, (list, tuple)) and any(np.ndim(x) > 0 for x in ious):
+        groups = [as_iou_array(x) for x in ious]
+    else:
+        arr = _float32(ious)
+        groups = [as_iou_array(arr)] if arr.ndim <= 1 else [as_iou_array(g) for g in arr.reshape(-1, arr.shape[-1])]
+    if not groups:
+        raise ValueError("ious is empty: observe() needs at least one group per step")
+    return groups
+
+
+def hit_fraction(ious: np.ndarray, tau: float) -> float:
+    """The fraction of float32 ``ious`` with IoU ≥ τ, τ rounded to float32 as the reward rounds it."""
+    return float(np.count_nonzero(ious >= np.float32(tau))) / ious.size
+
+
 class ThresholdSchedule:
     """Base class: a τ that moves as IoUs are observed, with window statistics for monitoring.
 
-    ``observe(ious, progress)`` takes one optimizer step's IoUs (any shape) and returns True when τ rose.
+    ``observe(ious, progress)`` takes one optimizer step's IoUs and returns True when τ rose: any shape with
+    ``window_unit="step"``, groups of one prompt's completions with ``"group"`` (see `as_iou_groups`).
     ``progress`` is the fraction of training done *after* this step, in [0, 1]; only progress-driven
     schedules need it. Baselines keep the same window so their statistics are logged alike.
     """
 
-    def __init__(self, tau: float, window: int = 30) -> None:
+    def __init__(self, tau: float, window: int = 30, window_unit: WindowUnit = "step") -> None:
         if int(window) != window or window < 2:
             raise ValueError(f"window must be an integer >= 2, got {window!r}")
+        if window_unit not in WINDOW_UNITS:
+            raise ValueError(f"window_unit must be one of {WINDOW_UNITS}, got {window_unit!r}")
         self.window = int(window)
+        self.window_unit = window_unit
         self._tau = _check_tau("tau", tau)
-        self._steps: deque[tuple[np.ndarray, float, float]] = deque(maxlen=self.window)  # (ious, hit, mean)
+        # one window entry per step or group: (float32 IoUs, hit fraction, mean IoU)
+        self._steps: deque[tuple[np.ndarray, float, float]] = deque(maxlen=self.window)
         self.num_steps = 0
         self.num_raises = 0
         self.events: list[dict[str, float]] = []
@@ -120,24 +166,21 @@ class ThresholdSchedule:
 
     # --- window -----------------------------------------------------------------------------------
     def _push(self, arr: np.ndarray) -> None:
-        self._steps.append((arr, float(np.count_nonzero(arr >= self._tau)) / arr.size, float(arr.mean())))
-        self.num_steps += 1
+        self._steps.append((arr, hit_fraction(arr, self._tau), float(arr.mean(dtype=np.float64))))
 
     def _rescore(self) -> None:
-        """Re-read the kept steps against the current τ."""
-        self._steps = deque(
-            ((a, float(np.count_nonzero(a >= self._tau)) / a.size, m) for a, _, m in self._steps),
-            maxlen=self.window,
-        )
+        """Re-read the kept entries against the current τ."""
+        self._steps = deque(((a, hit_fraction(a, self._tau), m) for a, _, m in self._steps), maxlen=self.window)
 
-    def _set_tau(self, tau: float) -> bool:
+    def _set_tau(self, tau: float, rescore: bool = True) -> bool:
         tau = round(tau, 10)  # 0.3 + 0.15 must be 0.45, so a chain of raises lands exactly on tau_target
         if tau == self._tau:
             return False
         self._tau = tau
         self.num_raises += 1
         self.events.append({"step": float(self.num_steps), "tau": tau})
-        self._rescore()
+        if rescore:
+            self._rescore()
         return True
 
     @property
@@ -166,14 +209,18 @@ class ThresholdSchedule:
         }
 
     def observe(self, ious: Any, progress: float | None = None) -> bool:
-        arr = as_iou_array(ious)
+        """Add one optimizer step's IoUs to the window, then update τ; True when τ rose. A failed observation
+        (bad IoUs, bad progress, a failing update) records nothing."""
+        entries = as_iou_groups(ious) if self.window_unit == "group" else [as_iou_array(ious)]
         progress = None if progress is None else _check_progress(progress)
         before = {**self.__dict__, "_steps": self._steps.copy(), "events": list(self.events)}
-        self._push(arr)
+        for entry in entries:
+            self._push(entry)
+        self.num_steps += 1
         try:
             return self._update(progress)
         except BaseException:
-            self.__dict__.update(before)  # a failed observation records nothing
+            self.__dict__.update(before)
             raise
 
     def _update(self, progress: float | None) -> bool:
@@ -194,7 +241,9 @@ class ThresholdSchedule:
             "settings": self.settings(),
             "tau": self._tau,
             "window": self.window,
+            "window_unit": self.window_unit,
             "steps": [a.tolist() for a, _, _ in self._steps],
+            "hits": [h for _, h, _ in self._steps],
             "num_steps": self.num_steps,
             "num_raises": self.num_raises,
             "events": [dict(e) for e in self.events],
@@ -221,25 +270,35 @@ class ThresholdSchedule:
         """Restore a state saved by :meth:`state_dict`: checked whole (kind, settings, τ, window IoUs) before
         anything changes, so a bad state leaves the schedule as it was."""
         self.check_compatible(state)
+        if state.get("window_unit", "step") != self.window_unit:
+            raise CurriculumMismatchError(f"the saved curriculum state has window_unit "
+                                          f"{state.get('window_unit', 'step')!r}, the configured schedule "
+                                          f"{self.window_unit!r}")
         tau = float(state["tau"])
         problem = None if 0.0 <= tau <= 1.0 else "must be an IoU threshold in [0, 1]"
         problem = problem or self._tau_problem(tau)
         if problem:
             raise ValueError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
         if len(state["steps"]) > self.window:
-            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window steps for a window of "
+            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window entries for a window of "
                              f"{self.window}")
-        steps = deque(maxlen=self.window)
+        arrays = []
         for i, ious in enumerate(state["steps"]):
             try:
-                arr = as_iou_array(ious)
+                arrays.append(as_iou_array(ious))
             except ValueError as err:
-                raise ValueError(f"invalid curriculum state: window step {i}: {err}") from None
-            steps.append((arr, float(np.count_nonzero(arr >= tau)) / arr.size, float(arr.mean())))
+                raise ValueError(f"invalid curriculum state: window entry {i}: {err}") from None
+        hits = state.get("hits")  # as earned: they differ from a re-read after a raise without rescoring
+        if hits is None:
+            hits = [hit_fraction(arr, tau) for arr in arrays]
+        elif len(hits) != len(arrays) or not all(0.0 <= float(h) <= 1.0 for h in hits):
+            raise ValueError(f"invalid curriculum state: hits {hits!r} for {len(arrays)} window entries")
+        steps = deque(((arr, float(h), float(arr.mean(dtype=np.float64))) for arr, h in zip(arrays, hits)),
+                      maxlen=self.window)
         num_steps, num_raises = int(state["num_steps"]), int(state["num_raises"])
-        if num_steps < len(steps) or num_raises < 0:
+        if num_raises < 0 or (self.window_unit == "step" and num_steps < len(steps)):
             raise ValueError(f"invalid curriculum state: num_steps {num_steps} and num_raises {num_raises} for "
-                             f"{len(steps)} window steps")
+                             f"{len(steps)} window entries")
         self._tau, self._steps, self.num_steps, self.num_raises = tau, steps, num_steps, num_raises
         self.events = [dict(e) for e in state["events"]]
 
@@ -265,12 +324,17 @@ class ThresholdCurriculum(ThresholdSchedule):
         min_margin: float = 0.10,
         refresh: float = 0.5,
         checks: Sequence[Check] = CHECKS,
+        window_unit: WindowUnit = "step",
+        rescore_on_raise: bool = True,
     ) -> None:
         tau_start = _check_tau("tau_start", tau_start)
         self.tau_target = _check_tau("tau_target", tau_target)
         if tau_start >= self.tau_target:
             raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
-        super().__init__(tau_start, window)
+        super().__init__(tau_start, window, window_unit)
+        if not isinstance(rescore_on_raise, bool):
+            raise ValueError(f"rescore_on_raise must be a bool, got {rescore_on_raise!r}")
+        self.rescore_on_raise = rescore_on_raise
         self.tau_start = tau_start
         self.step = PiecewiseStep() if step is None else step
         if not callable(self.step):
@@ -328,14 +392,14 @@ class ThresholdCurriculum(ThresholdSchedule):
         drop = max(1, _round_half_up(self.refresh * self.window))
         for _ in range(min(drop, len(self._steps))):
             self._steps.popleft()
-        return self._set_tau(min(self._tau + delta, self.tau_target))
+        return self._set_tau(min(self._tau + delta, self.tau_target), rescore=self.rescore_on_raise)
 
 
 class FixedThreshold(ThresholdSchedule):
     """A constant τ (VLM-R1 uses 0.5)."""
 
-    def __init__(self, tau: float = 0.5, window: int = 30) -> None:
-        super().__init__(tau, window)
+    def __init__(self, tau: float = 0.5, window: int = 30, window_unit: WindowUnit = "step") -> None:
+        super().__init__(tau, window, window_unit)
 
     def _tau_problem(self, tau: float) -> str | None:
         return None if tau == self._tau else f"differs from the fixed tau {self._tau}"
@@ -347,7 +411,8 @@ class ProgressSchedule(ThresholdSchedule):
 
     V_TRIUNE = ((0.10, 0.85), (0.25, 0.95), (1.0, 0.99))
 
-    def __init__(self, milestones: Sequence[Sequence[float]] = V_TRIUNE, window: int = 30) -> None:
+    def __init__(self, milestones: Sequence[Sequence[float]] = V_TRIUNE, window: int = 30,
+                 window_unit: WindowUnit = "step") -> None:
         ms = [tuple(float(v) for v in m) for m in milestones]
         if not ms or any(len(m) != 2 for m in ms):
             raise ValueError(f"milestones must be a non-empty list of (progress_upto, tau) pairs, got {milestones!r}")
@@ -359,7 +424,7 @@ class ProgressSchedule(ThresholdSchedule):
         for i, (_, tau) in enumerate(ms):
             _check_tau(f"milestones[{i}] tau", tau)
         self.milestones = ms
-        super().__init__(self.tau_at(0.0), window)
+        super().__init__(self.tau_at(0.0), window, window_unit)
 
     def tau_at(self, progress: float) -> float:
         for upto, tau in self.milestones:
@@ -378,27 +443,39 @@ class ProgressSchedule(ThresholdSchedule):
 
 
 class IntervalSchedule(ThresholdSchedule):
-    """Blind fixed-interval raises: τ += step every ``every`` observed steps, up to tau_target (the paper's
-    fixed conservative / moderate / aggressive schedules)."""
+    """Blind raises on a clock: τ += step every ``every`` observed steps, or every ``every_fraction`` of the
+    run (which needs ``progress``), up to tau_target. The paper's fixed conservative / moderate / aggressive
+    schedules, read as performance-blind."""
 
-    def __init__(
-        self, every: int, step: float = 0.1, tau_start: float = 0.3, tau_target: float = 0.8, window: int = 30
-    ) -> None:
-        if int(every) != every or every < 1:
+    def __init__(self, every: int | None = None, step: float = 0.1, tau_start: float = 0.3, tau_target: float = 0.8,
+                 window: int = 30, every_fraction: float | None = None, window_unit: WindowUnit = "step") -> None:
+        if (every is None) == (every_fraction is None):
+            raise ValueError(f"give exactly one of every (steps) and every_fraction (of the run), got "
+                             f"every={every!r}, every_fraction={every_fraction!r}")
+        if every is not None and (int(every) != every or every < 1):
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if every_fraction is not None and not 0.0 < every_fraction <= 1.0:
+            raise ValueError(f"every_fraction must lie in (0, 1], got {every_fraction!r}")
         if not step > 0:
             raise ValueError(f"step must be > 0, got {step!r}")
         tau_start = _check_tau("tau_start", tau_start)
         self.tau_target = _check_tau("tau_target", tau_target)
         if tau_start >= self.tau_target:
             raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
-        super().__init__(tau_start, window)
-        self.every, self.step, self.tau_start = int(every), float(step), tau_start
+        super().__init__(tau_start, window, window_unit)
+        self.every = None if every is None else int(every)
+        self.every_fraction = None if every_fraction is None else float(every_fraction)
+        self.step, self.tau_start = float(step), tau_start
 
     def _tau_problem(self, tau: float) -> str | None:
         return _outside(tau, self.tau_start, self.tau_target)
 
     def _update(self, progress: float | None) -> bool:
-        if self.num_steps % self.every or self._tau >= self.tau_target:
-            return False
-        return self._set_tau(min(self._tau + self.step, self.tau_target))
+        if self.every is not None:
+            if self.num_steps % self.every or self._tau >= self.tau_target:
+                return False
+            return self._set_tau(min(self._tau + self.step, self.tau_target))
+        if progress is None:
+            raise ValueError("IntervalSchedule with every_fraction needs progress (fraction of training done)")
+        raises = math.floor(float(progress) / self.every_fraction + 1e-9)  # 1e-9: 0.3 / 0.1 is 2.9999999999999996
+        return self._set_tau(min(self.tau_start + raises * self.step, self.tau_target))

@@ -141,18 +141,48 @@ def test_fixed_threshold_baseline_plugs_in(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_share_tau(tmp_path):
+@pytest.mark.parametrize("window_unit", ["step", "group"])
+def test_ddp_two_processes_share_tau(tmp_path, window_unit):
     script = Path(__file__).parents[1] / "scripts" / "ddp_curriculum.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    tests, root = Path(__file__).parents[1], Path(__file__).parents[2]  # toy_modules, and this checkout's package
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(root)])}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), window_unit], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["local"] != ranks[1]["local"]  # the ranks saw different data...
     assert ranks[0]["taus"] == ranks[1]["taus"]  # ...yet hold the same tau at every step
     assert ranks[0]["state"] == ranks[1]["state"]
-    ref = ThresholdCurriculum(window=4)  # and it is the tau of the rank-ordered gathered stream
+    ref = ThresholdCurriculum(window=4, window_unit=window_unit)  # the tau of the rank-ordered gathered stream
     for a, b in zip(ranks[0]["local"], ranks[1]["local"]):
-        ref.observe(a + b)
+        ref.observe(a + b)  # per step: rank 0's groups, then rank 1's (each group whole)
     assert ref.state_dict()["steps"] == ranks[0]["state"]["steps"] and ref.tau == ranks[0]["taus"][-1]
     assert ref.num_raises >= 1
+    if window_unit == "group":
+        assert all(len(entry) == 3 for entry in ranks[0]["state"]["steps"])  # whole groups of 3, never split
+
+
+def test_group_unit_observes_each_steps_rows_as_groups(tmp_path):
+    # batches of 2 items x 4 IoUs, accumulated over 2 micro-batches: 4 groups per optimizer step
+    cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=6, window_unit="group"))
+    trainer(tmp_path, 6, [cb], accumulate_grad_batches=2).fit(ScriptedModule(), scripted_loader(24, batch_size=2))
+    ref = ThresholdCurriculum(window=6, window_unit="group")
+    items = ScriptedIoUs(24, 4).items
+    for k in range(6):
+        ref.observe(torch.stack(items[4 * k: 4 * k + 4]))
+    assert cb.schedule.num_steps == 6 and cb.schedule.num_raises >= 1
+    assert cb.schedule.state_dict() == ref.state_dict()
+
+
+def test_grpo_module_feeds_one_group_per_prompt(tmp_path):
+    from medloc_lightning.module import GRPOGroundingModule
+
+    from toy_modules import ScriptedPolicy, record_loader, square_records
+
+    answers = ['<answer>{"bbox_2d": [0, 0, 10, 10]}</answer>', "<answer>[0, 0, 5, 10]</answer>", "none"]
+    cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=30, window_unit="group"))
+    module = GRPOGroundingModule(ScriptedPolicy(answers), num_generations=3, learning_rate=1e-3)
+    trainer(tmp_path, 2, [cb]).fit(module, record_loader(square_records(6), 3))
+    state = cb.schedule.state_dict()
+    assert len(state["steps"]) == 6  # 2 steps x 3 prompts, each its G = 3 IoUs
+    assert state["steps"][0] == pytest.approx([1.0, 0.5, 0.0])

@@ -60,3 +60,32 @@ def test_interval_schedule_validation():
 def test_a_saved_tau_the_schedule_cannot_reach_is_refused(schedule, tau, match):
     with pytest.raises(ValueError, match=match):
         schedule.load_state_dict({**schedule.state_dict(), "tau": tau})
+
+
+def test_interval_schedule_can_raise_at_fractions_of_the_run():
+    # +0.1 every 25% of the run, whatever the run's length: the clock is progress, not a step count
+    for total in (8, 40, 2000):
+        s = IntervalSchedule(every_fraction=0.25, step=0.1, tau_start=0.3, tau_target=0.8)
+        raised_at = [k for k in range(1, total + 1) if s.observe([0.0], progress=k / total)]
+        assert raised_at == [total // 4, total // 2, 3 * total // 4, total], total
+        assert s.tau == pytest.approx(0.7)
+
+
+def test_interval_fraction_reaches_tau_target_exactly_and_stops():
+    s = IntervalSchedule(every_fraction=0.1, step=0.15, tau_start=0.3, tau_target=0.8)
+    taus = []
+    for k in range(1, 11):
+        s.observe([0.0], progress=k / 10)
+        taus.append(s.tau)
+    assert taus == [0.45, 0.6, 0.75] + [0.8] * 7 and s.num_raises == 4
+
+
+def test_interval_fraction_needs_progress_and_exactly_one_clock():
+    with pytest.raises(ValueError, match="progress"):
+        IntervalSchedule(every_fraction=0.1).observe([0.5])
+    with pytest.raises(ValueError, match="exactly one"):
+        IntervalSchedule()
+    with pytest.raises(ValueError, match="exactly one"):
+        IntervalSchedule(every=3, every_fraction=0.1)
+    with pytest.raises(ValueError, match="every_fraction"):
+        IntervalSchedule(every_fraction=0.0)

@@ -282,7 +282,8 @@ def test_state_saves_the_kind_and_settings_as_plain_containers():
     assert state["settings"] == {"tau_start": 0.3, "tau_target": 0.8, "window": 4,
                                  "step": {"kind": "PiecewiseStep", "steps": [0.15, 0.10, 0.05]},
                                  "min_hit_rate": [0.8, 0.6], "max_reward_std": [0.1, 0.2], "min_margin": 0.1,
-                                 "refresh": 0.5, "checks": ["accuracy", "stability", "margin"]}
+                                 "refresh": 0.5, "checks": ["accuracy", "stability", "margin"],
+                                 "window_unit": "step", "rescore_on_raise": True}
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -316,10 +317,10 @@ def test_a_state_without_settings_or_with_unknown_settings_still_loads():
 @pytest.mark.parametrize("change,match", [
     ({"tau": float("nan")}, "tau nan must be an IoU threshold"),
     ({"tau": 0.9}, "tau 0.9 lies outside"),
-    ({"steps": [[5.0, -3.0]]}, r"window step 0: ious must lie in \[0, 1\]"),
-    ({"steps": [[0.5], []]}, "window step 1: ious is empty"),
-    ({"steps": [[0.5]] * 5}, "5 window steps for a window of 4"),
-    ({"steps": [[float("nan")]]}, "window step 0: ious contains NaN"),
+    ({"steps": [[5.0, -3.0]]}, r"window entry 0: ious must lie in \[0, 1\]"),
+    ({"steps": [[0.5], []]}, "window entry 1: ious is empty"),
+    ({"steps": [[0.5]] * 5}, "5 window entries for a window of 4"),
+    ({"steps": [[float("nan")]]}, "window entry 0: ious contains NaN"),
     ({"num_raises": -1}, "num_raises -1"),
 ])
 def test_a_corrupt_state_is_refused_and_changes_nothing(change, match):
@@ -353,3 +354,107 @@ def test_a_bad_progress_is_refused_before_anything_changes():
     with pytest.raises(ValueError, match="needs progress"):
         p.observe([0.5])
     assert p.tau == 0.2 and p.num_steps == 0 and p.stats["window_fill"] == 0
+
+
+# --- what one window entry is (window_unit) ------------------------------------------------------------------
+
+def test_group_unit_makes_each_prompt_group_one_entry():
+    ious = [[0.9, 0.9], [0.0, 0.9]]  # two prompts, G = 2: hit rates 1 and 0.5 at tau 0.3
+    pooled, grouped = make(window=4), make(window=4, window_unit="group")
+    pooled.observe(ious)
+    grouped.observe(ious)
+    assert pooled.stats["window_fill"] == 1 and grouped.stats["window_fill"] == 2
+    assert pooled.stats["hit_rate"] == grouped.stats["hit_rate"] == pytest.approx(0.75)
+    assert pooled.stats["reward_std"] == 0.0 and grouped.stats["reward_std"] == pytest.approx(0.25)
+    assert pooled.num_steps == grouped.num_steps == 1
+
+
+def test_group_unit_reads_rows_of_any_container_and_ragged_lists():
+    ref = make(window=8, window_unit="group")
+    ref.observe(np.array([[0.1, 0.5], [0.9, 0.7]]))
+    for ious in (torch.tensor([[0.1, 0.5], [0.9, 0.7]]), [[0.1, 0.5], [0.9, 0.7]], [torch.tensor([0.1, 0.5]), (0.9, 0.7)],
+                 np.array([[[0.1, 0.5], [0.9, 0.7]]])):
+        c = make(window=8, window_unit="group")
+        c.observe(ious)
+        assert c.stats == ref.stats
+    ragged = make(window=8, window_unit="group")
+    ragged.observe([[0.9], [0.9, 0.0, 0.0, 0.0]])  # groups of 1 and 4: hit rates 1 and 0.25
+    assert ragged.stats["window_fill"] == 2 and ragged.stats["hit_rate"] == pytest.approx(0.625)
+    one = make(window=8, window_unit="group")
+    one.observe(torch.tensor([0.9, 0.0]))  # a 1-D tensor is one group
+    assert one.stats["window_fill"] == 1 and one.stats["hit_rate"] == 0.5
+
+
+def test_group_unit_fills_the_window_in_prompts_and_decides_once_per_step():
+    c = make(window=4, window_unit="group")
+    raised = [c.observe([[1.0, 1.0]] * 3) for _ in range(3)]  # 3 prompts per step
+    # full after 6 > 4 groups; each refresh leaves 2 groups, and the next step's 3 fill the window again
+    assert raised == [False, True, True]
+    assert c.events == [{"step": 2.0, "tau": 0.45}, {"step": 3.0, "tau": 0.55}]  # at most one raise per step
+    assert c.stats["window_fill"] == 2
+
+
+def test_per_group_std_carries_over_between_batch_sizes_and_per_step_std_does_not():
+    # The same prompts, hit rates 1 and 0.5 in turn, seen one per step (B = 1) or two per step (B = 2).
+    one, two = [[0.9, 0.9]], [[0.0, 0.9]]
+    stds = {}
+    for unit in ("step", "group"):
+        b1, b2 = make(window=4, window_unit=unit), make(window=8 if unit == "step" else 4, window_unit=unit)
+        for _ in range(2):
+            b1.observe(one), b1.observe(two)
+            b2.observe(one + two)
+        stds[unit] = (b1.stats["reward_std"], b2.stats["reward_std"])
+    assert stds["group"] == (pytest.approx(0.25), pytest.approx(0.25))
+    assert stds["step"] == (pytest.approx(0.25), 0.0)  # pooling two prompts per step hides their spread
+
+
+def test_window_unit_is_validated_and_checked_on_resume():
+    with pytest.raises(ValueError, match="window_unit"):
+        make(window_unit="prompt")
+    grouped = make(window_unit="group")
+    grouped.observe([[0.5, 0.5]])
+    with pytest.raises(ValueError, match="window_unit"):
+        make().load_state_dict(grouped.state_dict())
+
+
+# --- what the refresh keeps (rescore_on_raise) -------------------------------------------------------------
+
+def test_without_rescoring_the_kept_entries_keep_the_hits_they_earned():
+    c = make(window=4, refresh=0.5, rescore_on_raise=False)
+    for v in (0.95, 0.95, 0.40, 0.40):  # the newest two hit 1 of 2... at 0.3 they hit 2 of 2
+        c.observe([v, 1.0])
+    assert c.tau == pytest.approx(0.45)
+    s = c.stats
+    assert s["window_fill"] == 2 and s["hit_rate"] == 1.0  # as earned at 0.3; re-scored it would be 0.5
+    assert s["iou_margin"] == pytest.approx(0.7 - 0.45)  # the margin is always against the current tau
+    c.observe([0.40, 1.0])  # a new entry is scored at the new tau
+    assert c.stats["hit_rate"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+
+
+def test_as_earned_hits_survive_a_checkpoint():
+    stream = _stream(1, 200)
+    a = ThresholdCurriculum(window=10, rescore_on_raise=False)
+    for ious in stream[:100]:
+        a.observe(ious)
+    b = ThresholdCurriculum(window=10, rescore_on_raise=False)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert b.stats == a.stats
+    for ious in stream[100:]:
+        assert a.observe(ious) == b.observe(ious)
+        assert a.stats == b.stats
+    assert a.num_raises >= 3
+
+
+def test_kept_hits_as_earned_can_carry_the_next_raise():
+    # Each step hits 3 of 4 at the raised tau 0.45 (0.75 < P = 0.8), but 4 of 4 at 0.3. Re-scored, the kept half
+    # reads 0.75 too and tau stays; kept as earned, it lifts r̄ to (1 + 1 + 0.75 + 0.75) / 4 = 0.875 and tau rises
+    # as soon as the window is full again.
+    def raises(rescore):
+        c = make(window=4, refresh=0.5, rescore_on_raise=rescore, min_hit_rate=0.8, checks=("accuracy",))
+        steps = [step for step in range(1, 11) if c.observe([0.4, 1.0, 1.0, 1.0])]
+        return steps, c.tau
+    assert raises(rescore=True) == ([4], pytest.approx(0.45))
+    assert raises(rescore=False)[0][:2] == [4, 6]

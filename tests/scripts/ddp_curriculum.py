@@ -1,4 +1,7 @@
-"""Run by tests/callbacks/test_curriculum.py: 2-process DDP (gloo, CPU); each rank dumps what it saw and its curriculum."""
+"""Run by tests/callbacks/test_curriculum.py: 2-process DDP (gloo, CPU); each rank dumps what it saw and its curriculum.
+
+Usage: ddp_curriculum.py OUT [WINDOW_UNIT]. With "group", each rank's step is 2 groups of 3 IoUs.
+"""
 import json
 import sys
 from pathlib import Path
@@ -20,15 +23,17 @@ class Recording(ScriptedModule):
 
     def training_step(self, batch, batch_idx):
         out = super().training_step(batch, batch_idx)
-        self.local.append(batch.reshape(-1).tolist())
+        self.local.append(batch.tolist())
         return out
 
 
-def main(out: Path) -> None:
+def main(out: Path, window_unit: str) -> None:
     torch.set_num_threads(1)
-    cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=4))
+    cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=4, window_unit=window_unit))
     module = Recording()
-    loader = torch.utils.data.DataLoader(ScriptedIoUs(n=24, per_item=3), batch_size=1, shuffle=False)
+    batch_size = 2 if window_unit == "group" else 1
+    loader = torch.utils.data.DataLoader(ScriptedIoUs(n=24 * batch_size, per_item=3), batch_size=batch_size,
+                                         shuffle=False)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=12, logger=False, callbacks=[cb],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=out)
@@ -39,4 +44,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "step")

@@ -1,0 +1,97 @@
+"""benchmarks/reproduce.py: the grid, the paired comparisons and the report, on hand-made results (no training)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(method: str, seed: int, regime: str, acc: float, taus: list[float] | None = None) -> dict:
+    test = {"acc@0.5": acc, "acc@0.75": acc / 2, "pseudo_map": acc / 3, "miou": acc / 4}
+    return {"method": method, "seed": seed, "regime": regime, "steps": 4, "test": test, "val": {},
+            "zero_std_early": 0.5, "all_fail_early": 0.25, "num_raises": 1, "final_tau": 0.45, "wall_s": 3.0,
+            "taus": taus or [0.3, 0.3, 0.45, 0.45], "hit_rates": [math.nan, 1.0, 0.5, 1.0]}
+
+
+def test_the_grid_runs_3_seeds_per_method_and_5_for_the_paired_methods(reproduce) -> None:
+    runs = reproduce.grid(quick=False)
+    seeds: dict[str, list[int]] = {}
+    for method, seed in runs:
+        seeds.setdefault(method, []).append(seed)
+    assert {m for m, s in seeds.items() if len(s) == 5} == {"medloc", "raw_iou", "fixed_tau"}
+    assert all(s == [0, 1, 2] for m, s in seeds.items() if m not in ("medloc", "raw_iou", "fixed_tau"))
+    assert {"v_triune_binary", "fixed_gated_moderate", "refresh_half_as_earned"} <= set(seeds)
+    from medloc_lightning.lab import method_names
+
+    assert set(seeds) <= set(method_names())  # every row is a shipped config
+    assert reproduce.grid(quick=True) == [(m, 0) for m in reproduce.MAIN]
+
+
+def test_paired_differences_are_taken_seed_by_seed(reproduce) -> None:
+    a = [_result("medloc", s, "prior", acc) for s, acc in ((0, 0.5), (1, 0.7), (2, 0.6))]
+    b = [_result("raw_iou", s, "prior", acc) for s, acc in ((0, 0.4), (1, 0.7), (2, 0.8), (3, 0.9))]
+    p = reproduce.paired(a, b, "acc@0.5")
+    assert p["n"] == 3 and p["higher"] == 1 and p["lower"] == 1  # seed 3 has no partner
+    assert p["mean"] == pytest.approx(statistics.fmean([0.1, 0.0, -0.2]))
+    assert p["std"] == pytest.approx(statistics.stdev([0.1, 0.0, -0.2]))
+
+
+def _saved() -> dict:
+    results = []
+    for regime in ("random_init", "prior"):
+        for seed in range(5):
+            results += [_result("medloc", seed, regime, 0.6 + 0.01 * seed), _result("raw_iou", seed, regime, 0.5),
+                        _result("fixed_tau", seed, regime, 0.2 + 0.15 * seed)]
+        for seed in range(3):
+            results += [_result(m, seed, regime, 0.4) for m in ("refresh_full", "refresh_quarter")]
+    prior_report = {"fit": {"best_step": 40}, "target_val": {"policy": {"acc@0.3": 0.375, "acc@0.5": 0.04,
+                                                                        "acc@0.75": 0.0, "miou": 0.21}},
+                    "source_val": {"policy": {"acc@0.5": 0.86, "miou": 0.59}}}
+    regimes = {"random_init": {"name": "random_init", "steps": 4, "learning_rate": 0.002, "prior": None,
+                               "prior_report": None},
+               "prior": {"name": "prior", "steps": 4, "learning_rate": 0.002,
+                         "prior": {"source_preset": "easy", "n": 1200, "steps": 60}, "prior_report": prior_report}}
+    return {"command": "python benchmarks/reproduce.py", "elapsed_s": 60.0, "machine": "2 CPU cores; no GPU",
+            "data": {"n": 1200, "size": 128, "batch_size": 8}, "regimes": regimes, "results": results}
+
+
+def test_the_report_has_both_regimes_their_paired_comparisons_and_group_fractions(reproduce, tmp_path) -> None:
+    text = reproduce.report(_saved(), quick=False, figures=tmp_path / "figures", doc_dir=tmp_path)
+    assert text.startswith(reproduce.START) and text.endswith(reproduce.END)
+    assert "## Regime: random init" in text and "## Regime: prior" in text
+    assert "SFT on the `easy` preset" in text and "Acc@0.3 37.5, Acc@0.5 4.0" in text
+    # medloc - fixed_tau on Acc@0.5: 0.4 - 0.14 k for seeds k = 0..4: higher on 3 seeds, lower on 2
+    diffs = [100 * (0.6 + 0.01 * k - 0.2 - 0.15 * k) for k in range(5)]
+    row = next(line for line in text.splitlines() if line.startswith("| MedLoc-R1") and "− fixed_tau" in line)
+    assert f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} (3↑ 2↓)" in row
+    main_row = next(line for line in text.splitlines() if line.startswith("| fixed_tau |"))
+    assert "| 50.0 ± 0.0 | 25.0 ± 0.0 |" in main_row  # zero-std and all-fail groups, first 20%
+    assert text.count("Refresh 1.0, 0.5 and 0.25 gave identical runs") == 2  # (both regimes; only re-scored here)
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == [
+        f"reproduction_{regime}_tau_{group}.png" for regime in ("prior", "random_init")
+        for group in ("main", "window_refresh")]
+
+
+def test_report_only_rerenders_the_doc_from_the_json(reproduce, tmp_path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_saved()))
+    doc = tmp_path / "reproduction.md"
+    doc.write_text(f"# Kept heading\n\n{reproduce.START}\nold tables\n{reproduce.END}\n\nKept discussion.\n")
+    reproduce.main(["--report-only", "--results", str(results), "--doc", str(doc), "--figures", str(tmp_path / "f")])
+    text = doc.read_text()
+    assert text.startswith("# Kept heading") and text.endswith("Kept discussion.\n") and "old tables" not in text
+    assert "## Regime: prior" in text and "![reproduction_prior_tau_main](f/reproduction_prior_tau_main.png)" in text
