@@ -61,7 +61,7 @@ def warm_start(module: Any, data: Any, *, max_steps: int, max_minutes: float | N
         accelerator="cpu", devices=1, max_steps=max_steps,
         max_time=None if max_minutes is None else {"minutes": float(max_minutes)},
         val_check_interval=val_every, check_val_every_n_epoch=None, limit_val_batches=limit_val_batches,
-        num_sanity_val_steps=0, callbacks=[saver], logger=logger, log_every_n_steps=50,
+        num_sanity_val_steps=0, callbacks=[saver], logger=logger, log_every_n_steps=min(50, max_steps),
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
