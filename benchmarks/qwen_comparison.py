@@ -2,12 +2,14 @@
 
 Each run is ``configs/quickstart.yaml`` plus one overlay from ``configs/baselines/`` (none for MedLoc-R1), read
 exactly as ``medloc fit --config configs/quickstart.yaml --config OVERLAY`` reads them, for the same number of
-optimizer steps on the same target data; only the seed changes across a method's runs. The SFT baseline
-continues the prior's SFT on the target with the quickstart's learning rate and batch size (the overlay's own
-values are sized for the 3B recipe). Each run is tested greedily on the target's test split.
+optimizer steps on the same target data; only the seed changes across a method's runs (GRPO: the sampling; SFT,
+which samples nothing: the data order). The SFT baseline continues the prior's SFT on the target with the
+quickstart's learning rate and batch size (the overlay's own values are sized for the 3B recipe). Each run is
+tested greedily on the target's test split.
 
     python benchmarks/qwen_comparison.py                 # 5 methods x 3 seeds, about 45 min on 2 cores
     python benchmarks/qwen_comparison.py --report-only   # print the tables from the saved JSON
+    python benchmarks/qwen_comparison.py --preset lab --out benchmarks/results/qwen_comparison_lab.json
 
 Results: benchmarks/results/qwen_comparison.json; the tables are printed as Markdown.
 """
@@ -39,19 +41,25 @@ METHODS: dict[str, tuple[str | None, str]] = {
 METRICS = ("acc@0.5", "acc@0.75", "pseudo_map", "miou")
 
 
+TARGET: list[str] = []
+"""Extra options that move every run to another target preset (``--preset``)."""
+
+
 def _cli_args(method: str, seed: int, steps: int) -> list[str]:
     overlay = METHODS[method][0]
     args = ["--config", str(CONFIG)]
     if overlay:
         args += ["--config", str(ROOT / "configs" / overlay)]
-    args += [f"--seed_everything={seed}", f"--trainer.max_steps={steps}"]
-    if method != "sft":
-        args += [f"--model.init_args.seed={seed}"]
+    args += [f"--seed_everything={seed}", f"--trainer.max_steps={steps}", *TARGET]
+    # GRPO's seed sets its sampling (the data order is the same for every seed, so seeds pair across methods);
+    # SFT samples nothing, so its seed sets the data order instead.
+    args += [f"--model.init_args.seed={seed}"] if method != "sft" else [f"--data.init_args.seed={seed}"]
     return args
 
 
 def _build(method: str, seed: int, steps: int) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     """The model, data and curriculum callback the configs give, as `medloc fit` would build them."""
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # ours are the args
     from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
     from medloc_lightning.cli import MedlocCLI, Trainer
     from medloc_lightning.module import GroundingModule
@@ -94,9 +102,10 @@ class EarlyGroups:
         self.callback, self.groups, self.result = _Callback(), 0, None
 
 
-def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
+def run_one(job: tuple[str, int, int, list[str]]) -> dict[str, Any]:
     """Train one method with one seed (or only test the prior), then test it."""
-    method, seed, steps = job
+    method, seed, steps, target = job
+    TARGET[:] = target
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -161,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true", help="replace these methods' runs in --out, keep the rest")
+    parser.add_argument("--preset", default=None,
+                        help="another target preset (its data goes to data/synthetic_quickstart_<preset>_84)")
     args = parser.parse_args(argv)
     if args.report_only:
         print(report(json.loads(args.out.read_text())["runs"]))
@@ -169,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         import yaml
 
         args.steps = int(yaml.safe_load(CONFIG.read_text())["trainer"]["max_steps"])
-    jobs = [(m, s, args.steps) for m in args.methods for s in (args.seeds if m != "prior" else args.seeds[:1])]
+    if args.preset:
+        TARGET[:] = [f"--data.init_args.preset={args.preset}",
+                     f"--data.init_args.root=data/synthetic_quickstart_{args.preset}_84"]
+    jobs = [(m, s, args.steps, list(TARGET)) for m in args.methods
+            for s in (args.seeds if m != "prior" else args.seeds[:1])]
     started = time.perf_counter()
     _prepare_data(args.seeds[0], args.steps)
     with ProcessPoolExecutor(args.workers) as pool:
@@ -179,7 +195,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{result['method']} seed {result['seed']}: " + ", ".join(
                 f"{m} {result['test'][m]:.3f}" for m in METRICS) + f" ({result['wall_s']:.0f} s)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "wall_s": time.perf_counter() - started,
+    wall = time.perf_counter() - started
+    if args.merge and args.out.exists():
+        saved = json.loads(args.out.read_text())
+        results = [r for r in saved["runs"] if r["method"] not in args.methods] + results
+        results.sort(key=lambda r: (list(METHODS).index(r["method"]), r["seed"]))
+        wall += saved.get("wall_s", 0.0)
+    args.out.write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "preset": args.preset, "wall_s": wall,
                                     "runs": results}, indent=1))
     print(report(results))
     print(f"\n{len(jobs)} runs in {(time.perf_counter() - started) / 60:.1f} min; results in {args.out}")
