@@ -30,7 +30,7 @@ PHASES = (("prefill_s", "prefill: forward over the prompt tokens in generation")
           ("other_s", "other: prompts, text, reward, loop, logging (step - phases)"))
 """The phases each side reports, in wall seconds (``cpu_<name>`` in process CPU seconds)."""
 
-SHIPPED_PRIOR = "medloc_lightning/checkpoints/tiny-qwen2.5-vl-grounding"
+SHIPPED_PRIOR = "medloc_lightning/pretrained/tiny-qwen2.5-vl-grounding"
 """The shipped tiny grounding prior, relative to the repository root (the benchmark's default model)."""
 PRIOR_DIMS = dict(hidden=128, layers=2, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, vision_heads=2)
 """The prior's architecture, for a random stand-in when the shipped folder is absent."""

@@ -1,6 +1,6 @@
 """GRPO step time on CPU: our `GRPOGroundingModule` (Lightning) versus TRL's ``GRPOTrainer``, same problem.
 
-Default model: the shipped tiny grounding prior (``medloc_lightning/checkpoints/tiny-qwen2.5-vl-grounding``),
+Default model: the shipped tiny grounding prior (``medloc_lightning/pretrained/tiny-qwen2.5-vl-grounding``),
 so rewards, advantages and gradients are not all zero; without it, a random model of the same dimensions
 (and a warning that rewards will be zero). 2 synthetic 84 px prompts x 8 completions x exactly 33 new tokens,
 the prior's prompt template, temperature 0.9, loss ``grpo``, our threshold reward (tau 0.3) on all sides,
