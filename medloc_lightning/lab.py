@@ -189,7 +189,7 @@ def build_prior(root: str | os.PathLike, prior: Prior, target: pl.LightningDataM
     and report it on ``target``'s validation split. Reuses an export made with the same recipe."""
     from medloc_lightning.data import SyntheticDataModule
     from medloc_lightning.policies.box import BoxPolicy
-    from medloc_lightning.prior import _load_split, _train_boxes, grounding_report, warm_start
+    from medloc_lightning.prior import grounding_report, load_split, train_boxes, warm_start
 
     root = Path(root)
     report_path = root / "prior.json"
@@ -211,8 +211,8 @@ def build_prior(root: str | os.PathLike, prior: Prior, target: pl.LightningDataM
     policy.eval().export(str(root / "policy"))
     thresholds = (0.3, 0.5)
     report = {"recipe": recipe, "fit": {k: v for k, v in fit.items() if k != "best_checkpoint"},
-              "source_val": grounding_report(policy, _load_split(source, "val"), _train_boxes(source), thresholds=thresholds),
-              "target_val": grounding_report(policy, _load_split(target, "val"), _train_boxes(target), thresholds=thresholds)}
+              "source_val": grounding_report(policy, load_split(source, "val"), train_boxes(source), thresholds=thresholds),
+              "target_val": grounding_report(policy, load_split(target, "val"), train_boxes(target), thresholds=thresholds)}
     report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return str(root / "policy"), json.loads(report_path.read_text(encoding="utf-8"))  # as a reuse returns it
 

@@ -44,12 +44,20 @@ def warm_start(module: Any, data: Any, *, max_steps: int, max_minutes: float | N
     """Train ``module`` (an `SFTGroundingModule`) on ``data`` and load back its best weights by ``monitor``.
 
     Validation runs every ``val_every`` optimizer steps and at the end. Training stops at ``max_steps`` or
-    after ``max_minutes``, whichever comes first. Returns the best score, its step, and the steps run.
+    after ``max_minutes``, whichever comes first. Returns the best score, its step, the steps run and every
+    validation score by step.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     root = Path(root) if root is not None else Path(os.environ.get("TMPDIR", "/tmp")) / "medloc-warm-start"
+    scores: dict[int, float] = {}
+
+    class _Scores(pl.Callback):
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            if monitor in trainer.callback_metrics:
+                scores[int(trainer.global_step)] = float(trainer.callback_metrics[monitor])
+
     saver = ModelCheckpoint(dirpath=root / "checkpoints", monitor=monitor, mode="max", save_top_k=1,
                             filename="best-{step}", save_last=False, enable_version_counter=False)
     logger: Any = False
@@ -61,22 +69,24 @@ def warm_start(module: Any, data: Any, *, max_steps: int, max_minutes: float | N
         accelerator="cpu", devices=1, max_steps=max_steps,
         max_time=None if max_minutes is None else {"minutes": float(max_minutes)},
         val_check_interval=val_every, check_val_every_n_epoch=None, limit_val_batches=limit_val_batches,
-        num_sanity_val_steps=0, callbacks=[saver], logger=logger, log_every_n_steps=min(50, max_steps),
+        num_sanity_val_steps=0, callbacks=[saver, _Scores()], logger=logger, log_every_n_steps=min(50, max_steps),
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, data)
-        if trainer.global_step % val_every:  # score the last weights too
-            trainer.validate(module, data, verbose=False)
-            saver.on_validation_end(trainer, module)
-    best = saver.best_model_path
+        best, score = saver.best_model_path, saver.best_model_score
+        score = None if score is None else float(score)
+        if trainer.global_step % val_every:  # the last weights were not scored: score them too
+            last = scores[trainer.global_step] = float(trainer.validate(module, data, verbose=False)[0][monitor])
+            if score is None or last > score:
+                best, score = str(root / "checkpoints" / f"best-step={trainer.global_step}.ckpt"), last
+                trainer.save_checkpoint(best)
     if best:
         checkpoint = load_checkpoint(best)
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
-    score = saver.best_model_score
-    return {"best_score": None if score is None else float(score), "monitor": monitor,
-            "best_checkpoint": best, "best_step": _step_of(best), "steps": int(trainer.global_step)}
+    return {"best_score": score, "monitor": monitor, "best_checkpoint": best, "best_step": _step_of(best),
+            "steps": int(trainer.global_step), "scores": scores}
 
 
 def _step_of(path: str) -> int | None:
@@ -107,10 +117,10 @@ def _metrics(pred: torch.Tensor, target: torch.Tensor, thresholds: Sequence[floa
     return out
 
 
-def grounding_report(policy: Any, records: Sequence[dict], train_boxes: torch.Tensor, batch_size: int = 32,
+def grounding_report(policy: Any, records: Sequence[dict], train_gt: torch.Tensor, batch_size: int = 32,
                      thresholds: Sequence[float] = (0.3,)) -> dict[str, dict[str, float]]:
     """Greedy metrics of ``policy`` on ``records`` beside those of always answering the median of
-    ``train_boxes`` (the baseline that ignores the image)."""
+    ``train_gt`` ([N, 4] training boxes: the baseline that ignores the image)."""
     from medloc_lightning.policies.base import gt_boxes
 
     target = gt_boxes(records)
@@ -121,19 +131,21 @@ def grounding_report(policy: Any, records: Sequence[dict], train_boxes: torch.Te
         for start in range(0, len(records), batch_size):
             preds.append(policy.predict(records[start:start + batch_size])[1].cpu().float())
     policy.train(was_training)
-    median = train_boxes.float().median(0).values.expand_as(target).clone()
+    median = train_gt.float().median(0).values.expand_as(target).clone()
     return {"policy": _metrics(torch.cat(preds), target, thresholds),
             "median_box": _metrics(median, target, thresholds), "rows": {"n": float(len(records))}}
 
 
-def _load_split(data: Any, split: str) -> list[dict]:
+def load_split(data: Any, split: str) -> list[dict]:
+    """Every record of one split of a DataModule (images decoded), in file order."""
     data.prepare_data()
     data.setup("test" if split == "test" else ("validate" if split == "val" else "fit"))
     dataset = data.datasets[split]
     return [dataset[i] for i in range(len(dataset))]
 
 
-def _train_boxes(data: Any) -> torch.Tensor:
+def train_boxes(data: Any) -> torch.Tensor:
+    """[N, 4] ground-truth boxes of a DataModule's training split (for the median-box baseline)."""
     data.prepare_data()
     data.setup("fit")
     table = data.datasets["train"].table
@@ -198,13 +210,13 @@ def build_qwen_grounding_prior(
         shutil.rmtree(out)
     policy.export(str(out))
     report: dict[str, Any] = {"recipe": recipe, "fit": {k: v for k, v in fit.items() if k != "best_checkpoint"},
-                              "source_val": grounding_report(policy, _load_split(source, "val")[:val_records],
-                                                           _train_boxes(source))}
+                              "source_val": grounding_report(policy, load_split(source, "val")[:val_records],
+                                                           train_boxes(source))}
     for preset in target_presets:
         target = SyntheticDataModule(root=str(work / f"target_{preset}_{size}"), n=n_target, size=size,
                                      preset=preset, synth_seed=target_seed, batch_size=batch_size,
                                      cache_images=True, seed=seed)
-        report[f"target_{preset}_val"] = grounding_report(policy, _load_split(target, "val"), _train_boxes(target))
+        report[f"target_{preset}_val"] = grounding_report(policy, load_split(target, "val"), train_boxes(target))
     report["wall_minutes"] = round((time.time() - started) / 60, 2)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

@@ -75,3 +75,25 @@ def test_the_recipe_builds_trains_exports_and_reports_with_a_tiny_budget(tmp_pat
     texts, boxes = reloaded.predict(records("easy", 2, seed=0)[:2])
     assert len(texts) == 2 and boxes.shape == (2, 4)
     assert torch.isfinite(torch.tensor(report["source_val"]["median_box"]["miou"]))
+
+
+def test_warm_start_scores_the_last_weights_and_reloads_the_best(tmp_path: Path, synth_dir: str) -> None:
+    """Validation every 3 steps of 5: step 5 is scored too, and the best weights are back in the module."""
+    import lightning.pytorch as pl
+
+    from medloc_lightning.data import GroundingDataModule
+    from medloc_lightning.module import SFTGroundingModule
+    from medloc_lightning.policies import BoxPolicy
+    from medloc_lightning.prior import warm_start
+
+    pl.seed_everything(0)
+    data = GroundingDataModule(train_file=f"{synth_dir}/train.jsonl", val_file=f"{synth_dir}/val.jsonl",
+                               batch_size=4, seed=0)
+    module = SFTGroundingModule(BoxPolicy(image_size=64, seed=0), learning_rate=0.03)
+    fit = warm_start(module, data, max_steps=5, val_every=3, root=tmp_path, log=False)  # scored at 3 and 5
+    assert fit["steps"] == 5 and set(fit["scores"]) == {3, 5} and Path(fit["best_checkpoint"]).is_file()
+    assert fit["best_step"] == max(fit["scores"], key=fit["scores"].get)
+    assert fit["best_score"] == max(fit["scores"].values())
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    again = trainer.validate(module, data, verbose=False)[0]["val/miou"]
+    assert again == pytest.approx(fit["best_score"], abs=1e-6)  # the weights in the module are the best ones
