@@ -60,6 +60,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("zipped", [True, False], ids=["torch.save", "raw-pickle"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on the raw pickle's protocol
 def test_load_and_verify_refuse_a_malicious_checkpoint(tmp_path, zipped):
     marker = tmp_path / "marker"
     path = write_malicious(tmp_path / "evil.ckpt", marker, zipped)
