@@ -15,6 +15,7 @@ class Counters(Mapping[str, int]):
     """Totals since the start of training (restored from checkpoints), logged as ``train/count_<key>``.
 
     ``add(key, n, warning)`` warns the first time ``key`` is counted; later cases are counted silently.
+    ``warn_once(key, warning)`` gives the same single warning for cases counted elsewhere (e.g. summed over ranks).
     """
 
     def __init__(self, keys: tuple[str, ...] = COUNTER_KEYS) -> None:
@@ -36,7 +37,11 @@ class Counters(Mapping[str, int]):
         if n <= 0:
             return
         self._counts[key] += int(n)
-        if warning is not None and key not in self._warned:
+        if warning is not None:
+            self.warn_once(key, warning)
+
+    def warn_once(self, key: str, warning: str) -> None:
+        if key not in self._warned:
             self._warned.add(key)
             warnings.warn(f"{warning} (counted in train/count_{key}; later cases are counted silently)",
                           stacklevel=3)

@@ -9,6 +9,7 @@ import contextlib
 from typing import Any, Iterator
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import Tensor
@@ -37,25 +38,21 @@ def any_rank(module: pl.LightningModule, flag: bool) -> bool:
     """Whether ``flag`` holds on at least one rank (the flag itself with one rank)."""
     if world_size(module) == 1:
         return bool(flag)
-    return bool(max_and_sum(module, [float(flag)])[0][0] > 0)
+    flags = torch.tensor([float(flag)], device=module.device)
+    return bool(module.trainer.strategy.reduce(flags, reduce_op="max")[0] > 0)
 
 
-def step_is_finite(module: pl.LightningModule, loss: Tensor) -> bool:
-    """Whether the loss and every gradient are finite on every rank, so all ranks skip or step together.
+def gradient_norm(module: pl.LightningModule) -> Tensor:
+    """The total 2-norm of the gradients this rank holds (FSDP1: its flat parameters; FSDP2: its shards).
 
-    Gradients are read from the strategy's model (FSDP1 keeps them on its flat parameters; FSDP2's are this
-    rank's shards). Under a precision plugin with a gradient scaler (fp16 AMP) only the loss is checked: the
-    scaler owns overflowing gradients and skips those steps itself.
+    It is finite on every rank exactly when the global norm is, once `any_rank` spreads a NaN or inf from the
+    rank that holds it.
     """
-    finite = bool(torch.isfinite(loss).all())
     trainer = module._trainer
-    scaled = trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
-    if finite and not scaled:
-        model = trainer.model if trainer is not None and trainer.model is not None else module
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 DTensor: this rank's shard
-        finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-    return not any_rank(module, not finite)
+    model = trainer.model if trainer is not None and trainer.model is not None else module
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]  # FSDP2 DTensor: this rank's shard
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=module.device)
 
 
 def mean_over_ranks(module: pl.LightningModule, values: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -107,23 +104,28 @@ def gathered_for_generation(module: pl.LightningModule, enabled: bool) -> Iterat
         yield
 
 
-def clip_grad_norm(module: pl.LightningModule, optimizer: Any, max_norm: float) -> None:
-    """Clip by global norm. FSDP1 needs its own sharding-aware clip (Lightning's refuses under FSDP); with
-    FSDP2 the gradients are DTensors and torch's clip computes the norm over all shards."""
-    model = module.trainer.model
-    if hasattr(model, "clip_grad_norm_"):
-        model.clip_grad_norm_(max_norm)
-    elif isinstance(module.trainer.strategy, ModelParallelStrategy):
-        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], max_norm)
+def clip_grad_norm(module: pl.LightningModule, max_norm: float) -> Tensor:
+    """Clip by global norm; return the norm before clipping, the same on every rank. FSDP1 needs its own
+    sharding-aware clip; under FSDP2 the gradients are DTensors and torch's clip reduces over all shards; under
+    DDP every rank holds the same averaged gradients."""
+    model = module.trainer.model if module._trainer is not None else None
+    if model is not None and hasattr(model, "clip_grad_norm_"):
+        norm = model.clip_grad_norm_(max_norm)
     else:
-        module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+        norm = torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 @contextlib.contextmanager
 def step_rng(seed: int, rank: int, step: int, device: torch.device) -> Iterator[None]:
     """Seed a step's randomness (sampling, dropout) as a pure function of (seed, rank, step): ranks differ,
-    and a resumed run draws exactly what the uninterrupted one would have. The outer RNG state is restored."""
+    and a resumed run draws exactly what the uninterrupted one would have. The outer RNG state is restored.
+
+    Rank 0 seeds with ``seed * 1_000_003 + step`` (one-process runs keep the streams of earlier releases); other
+    ranks hash that with their rank, since torch's CPU generator keeps only 32 bits of a seed and any offset
+    scheme would make one rank replay another's stream a fixed number of steps later."""
+    base = seed * 1_000_003 + step
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 1_000_003 + rank * 7919 + step)
+        torch.manual_seed(base if rank == 0 else int(np.random.SeedSequence([base, rank]).generate_state(1)[0]))
         yield

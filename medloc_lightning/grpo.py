@@ -12,15 +12,21 @@ import torch
 from torch import Tensor
 
 __all__ = ["ADVANTAGE_SCALES", "AdvantageScale", "LOG_RATIO_LIMIT", "LOSS_TYPES", "LossType", "group_advantages",
-           "grpo_loss", "zero_std_groups"]
+           "grpo_loss", "loss_stat_keys", "zero_std_groups"]
 
 AdvantageScale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ADVANTAGE_SCALES: tuple[str, ...] = get_args(AdvantageScale)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 LOG_RATIO_LIMIT = 20.0
-"""Log-ratios are clamped to ±this before ``exp`` (as verl does): exp(20) ≈ 5e8 stays finite in fp16/bf16/fp32,
-while an unclamped log-ratio above ~88 overflows fp32 to inf and turns the loss into inf or NaN."""
+"""Log-ratios are clamped to ±this before ``exp`` (as verl does): exp(20) ≈ 5e8 is finite in the float32 the loss
+is computed in, while an unclamped log-ratio above ~88 overflows float32 to inf and turns the loss into inf or NaN."""
+
+
+def loss_stat_keys(beta: float) -> tuple[str, ...]:
+    """The keys of `grpo_loss`'s stats: the same on every call with this ``beta``."""
+    keys = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+    return keys + ("kl",) if beta > 0 else keys
 
 
 def _check_rewards(rewards: Tensor, min_group: int) -> Tensor:
@@ -134,13 +140,14 @@ def grpo_loss(
     equals one call on all rows. Under DDP, which averages gradients over P ranks, pass global totals / P (as TRL
     does for dapo); division by gradient-accumulation steps is left to the caller.
 
+    The maths runs in at least float32 whatever the dtype of ``logps`` (fp16 cannot hold exp(20)).
     Padding (mask 0) never reaches the maths, so its log-probs may hold anything, NaN and -inf included.
     Log-ratios (policy vs old, reference vs policy) are clamped to ±:data:`LOG_RATIO_LIMIT` before ``exp``, so a
     policy that drifted far from the sampler gives a large finite loss, never inf; beyond the clamp the token
     carries no gradient.
     Returns ``(loss, stats)``; stats are detached scalars over the local mask: ``clip_ratio/low_mean`` (rho <
     1-epsilon with A < 0), ``clip_ratio/high_mean`` (rho > 1+epsilon_high with A > 0), ``clip_ratio/region_mean``
-    (either), and ``kl`` (masked mean k3) only when beta > 0.
+    (either), and ``kl`` (masked mean k3) only when beta > 0 (`loss_stat_keys`).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -164,6 +171,7 @@ def grpo_loss(
     _check_loss_inputs(logps, old_logps, advantages, mask, ref_logps)
 
     # Gradients flow through logps only: old/ref log-probs and advantages are constants of the update.
+    logps = logps.to(torch.promote_types(logps.dtype, torch.float32))  # fp16/bf16 -> fp32; fp64 stays
     old_logps = old_logps.detach()
     ref_logps = None if ref_logps is None else ref_logps.detach()
     advantages = advantages.detach()

@@ -21,7 +21,8 @@ from medloc_lightning import distributed
 from medloc_lightning.boxes import box_iou
 from medloc_lightning.counters import Counters
 from medloc_lightning.grpo import (
-    ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, zero_std_groups,
+    ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, loss_stat_keys,
+    zero_std_groups,
 )
 from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 from medloc_lightning.metrics import GroundingMetrics
@@ -100,7 +101,7 @@ class GroundingModule(pl.LightningModule):
                                     gradient_clip_algorithm: Any = None) -> None:
         clip = self.max_grad_norm if gradient_clip_val is None else gradient_clip_val
         if clip:
-            distributed.clip_grad_norm(self, optimizer, clip)
+            distributed.clip_grad_norm(self, clip)
 
     # --- evaluation -----------------------------------------------------------------------------------
     def _evaluate(self, batch: Sequence[Record], metrics: GroundingMetrics) -> dict[str, Any]:
@@ -203,6 +204,8 @@ class GRPOStep:
     zero_std: Tensor
     """[B] groups whose rewards are all equal (no learning signal)."""
     timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    """This rank's degenerate cases (`Counters` keys); summed over ranks before they are counted."""
 
     def samples(self) -> dict[str, Any]:
         """The first completion of each group, for `SampleLoggingCallback`."""
@@ -287,6 +290,7 @@ class GRPOGroundingModule(GroundingModule):
         self.num_iterations, self.micro_batch_size = int(num_iterations), int(micro_batch_size)
         self.seed, self.fsdp_summon_for_generation = int(seed), fsdp_summon_for_generation
         self.max_nonfinite_steps, self._nonfinite_streak = int(max_nonfinite_steps), 0
+        self._step_loss: Tensor | None = None  # the loss of the optimizer step in flight, for its checks
         self.counts = Counters()
 
     @property
@@ -317,7 +321,6 @@ class GRPOGroundingModule(GroundingModule):
 
         clock = time.perf_counter()
         records = [batch[i] for i in (range(len(batch)) if rollout.kept is None else rollout.kept)]
-        self._count_rejections(rollout, batch)
         target = gt_boxes(records, device=self.device).repeat_interleave(G, 0)
         ious = box_iou(rollout.boxes.to(self.device, torch.float32), target)
         rewards, parts = self.reward(ious, tau, rollout.texts)
@@ -329,28 +332,31 @@ class GRPOGroundingModule(GroundingModule):
         else:
             advantages, zero_std = rewards, torch.zeros(0, dtype=torch.bool)
             all_fail = zero_std
-        self._count_degenerate(rollout, zero_std, all_fail)
         timings = {"rollout": rollout_s, "reward": time.perf_counter() - clock}
-        return GRPOStep(records, rollout, tau, ious, rewards, parts, advantages, zero_std, timings)
+        counts = self._degenerate_cases(rollout, batch, zero_std, all_fail)
+        return GRPOStep(records, rollout, tau, ious, rewards, parts, advantages, zero_std, timings, counts)
 
     def _optimize(self, step: GRPOStep) -> tuple[Tensor, dict[str, Tensor]]:
-        """μ optimizer steps on one rollout, each backpropagated in row chunks of ``micro_batch_size``."""
+        """μ optimizer steps on one rollout, each backpropagated in row chunks (at most ``micro_batch_size`` rows)."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         rollout = step.rollout
         step.timings.update(logprobs=0.0, backward=0.0)
         n = rollout.num_rows
         mask = rollout.mask.to(self.device, torch.float32)
-        chunks = [torch.arange(s, min(s + self.micro_batch_size, n)) for s in range(0, n, self.micro_batch_size)]
-        num_chunks, total_tokens, any_rows = self._agree(len(chunks), mask.sum(), n > 0)
+        size = self._chunk_rows()
+        chunks = [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+        num_chunks, total_tokens, any_rows, counts = self._agree(len(chunks), mask.sum(), n > 0, step.counts)
+        for key, value in counts.items():
+            self.counts.add(key, value)
         if not any_rows:
             self.counts.add("skipped_steps", 1, "every prompt of this step was rejected on every rank: step skipped")
-            return torch.zeros((), device=self.device), {}
+            return torch.zeros((), device=self.device), self._stats([])
 
         clock = time.perf_counter()
         old = None if rollout.logps is None else rollout.logps.to(self.device)
         if old is None and self.num_iterations > 1:
-            old = self._logprobs_no_grad(rollout, chunks, reference=False)
-        ref = self._logprobs_no_grad(rollout, chunks, reference=True) if self.beta > 0 else None
+            old = self._logprobs_no_grad(rollout, chunks, num_chunks, reference=False)
+        ref = self._logprobs_no_grad(rollout, chunks, num_chunks, reference=True) if self.beta > 0 else None
         step.timings["logprobs"] = time.perf_counter() - clock
         inputs = LossInputs(mask, old, ref, total_tokens, chunks, num_chunks)
 
@@ -365,20 +371,34 @@ class GRPOGroundingModule(GroundingModule):
                 step_loss = step_loss + loss.detach()
                 if chunk_stats:
                     step_stats.append((chunk_stats, len(chunks[c])))  # stats only come from real chunks
-            if distributed.step_is_finite(self, step_loss):
-                self._nonfinite_streak = 0
-                if self.max_grad_norm:
-                    distributed.clip_grad_norm(self, optimizer, self.max_grad_norm)
-            else:
-                self._skip_nonfinite_step(step_loss)
-                optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
-            optimizer.step()  # a skipped step still counts: the step number, τ and the LR schedule stay aligned
+            self._step_loss = step_loss
+            optimizer.step()  # on_before_optimizer_step checks and clips; a skipped step still counts (τ, LR)
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
-            last_loss, stats = step_loss, _weighted_mean(step_stats)
+            last_loss, stats = step_loss, self._stats(step_stats)
         step.timings["backward"] = time.perf_counter() - clock
         return last_loss, stats
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Skip a step whose loss or gradient is NaN/inf on any rank, else clip. Lightning calls this after
+        fp16 AMP unscales the gradients, so the clip sees true norms; the norm is computed once for both."""
+        loss, self._step_loss = self._step_loss, None
+        if loss is None:
+            return
+        finite = bool(torch.isfinite(loss).all())
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        if self.max_grad_norm:
+            norm = distributed.clip_grad_norm(self, self.max_grad_norm)
+        else:
+            norm = None if scaled else distributed.gradient_norm(self)
+        # fp16 AMP: the gradient scaler owns overflowing gradients and skips those steps itself
+        finite = finite and (scaled or norm is None or bool(torch.isfinite(norm)))
+        if distributed.any_rank(self, not finite):
+            self._skip_nonfinite_step(loss)
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
+        else:
+            self._nonfinite_streak = 0
 
     def _skip_nonfinite_step(self, loss: Tensor) -> None:
         """Count and report a step whose loss or gradient is NaN/inf; fail after too many in a row."""
@@ -393,6 +413,21 @@ class GRPOGroundingModule(GroundingModule):
                 f"Lower learning_rate or resume from an earlier checkpoint.")
         rank_zero_warn(f"step {step}: non-finite loss ({float(loss):g}) or gradient: optimizer step skipped, weights "
                        f"unchanged (counted in train/count_nonfinite_steps)")
+
+    def _chunk_rows(self) -> int:
+        """Rows per backward chunk. Under FSDP every rank must run the same number of forwards: a chunk is then
+        at most one forward of the policy (`GroundingPolicy.rows_per_forward`), so agreeing on the number of
+        chunks is enough."""
+        size = self.micro_batch_size
+        rows = self.policy.rows_per_forward
+        return min(size, rows) if rows and distributed.is_sharded(self._trainer) else size
+
+    def _stats(self, items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
+        """Row-weighted mean of the chunks' loss stats, with the same keys on every rank (zeros without rows)
+        so their mean over ranks is one collective of one shape."""
+        total = sum(w for _, w in items)
+        zero = torch.zeros((), device=self.device)
+        return {k: sum(s[k] * w for s, w in items) / total if total else zero for k in loss_stat_keys(self.beta)}
 
     def _chunk_loss(self, step: GRPOStep, inputs: LossInputs, c: int) -> tuple[Tensor, dict[str, Tensor]]:
         rollout, chunks = step.rollout, inputs.chunks
@@ -422,41 +457,54 @@ class GRPOGroundingModule(GroundingModule):
             total_tokens=inputs.total_tokens,
         )
 
-    def _logprobs_no_grad(self, rollout: Rollout, chunks: list[Tensor], reference: bool) -> Tensor:
+    def _logprobs_no_grad(self, rollout: Rollout, chunks: list[Tensor], num_chunks: int, reference: bool) -> Tensor:
         with torch.no_grad():
             parts = [self.policy.logprobs(rollout, rows.to(rollout.mask.device), reference=reference) for rows in chunks]
+            if chunks and distributed.is_sharded(self._trainer):
+                for _ in range(num_chunks - len(chunks)):  # the forwards other ranks run (FSDP all-gathers)
+                    self.policy.logprobs(rollout, chunks[0][:1].to(rollout.mask.device), reference=reference)
         return torch.cat(parts).to(self.device)
 
-    def _agree(self, num_chunks: int, tokens: Tensor, any_rows: bool) -> tuple[int, Tensor, bool]:
-        """Agree across ranks on the number of backward chunks, and pick the token normalizer.
+    def _agree(self, num_chunks: int, tokens: Tensor, any_rows: bool, counts: dict[str, int]
+               ) -> tuple[int, Tensor, bool, dict[str, int]]:
+        """Agree across ranks on the number of backward chunks, pick the token normalizer, and sum the step's
+        degenerate-case counts (so `Counters` hold global totals on every rank).
 
         ``bnpo`` normalizes by this rank's tokens (TRL's local micro-batch); ``dapo`` by the tokens of the
         whole generation batch over all ranks, divided by the world size because DDP averages gradients.
         """
         world = distributed.world_size(self)
         if world == 1:
-            return num_chunks, tokens, any_rows
-        maxed, summed = distributed.max_and_sum(self, [num_chunks, float(tokens), float(any_rows)])
+            return num_chunks, tokens, any_rows, counts
+        keys = sorted(counts)
+        maxed, summed = distributed.max_and_sum(self, [num_chunks, float(tokens), float(any_rows)]
+                                                + [counts[k] for k in keys])
         total = summed[1] / world if self.loss_type == "dapo" else tokens
-        return int(maxed[0]), total, bool(maxed[2] > 0)
+        totals = {k: int(round(float(v))) for k, v in zip(keys, summed[3:])}
+        return int(maxed[0]), total, bool(maxed[2] > 0), totals
 
     # --- bookkeeping ----------------------------------------------------------------------------------
-    def _count_rejections(self, rollout: Rollout, batch: Sequence[Record]) -> None:
+    def _degenerate_cases(self, rollout: Rollout, batch: Sequence[Record], zero_std: Tensor,
+                          all_fail: Tensor) -> dict[str, int]:
+        """This rank's prompts rejected up front, empty and unparsed completions, zero-std and all-fail groups (no
+        accuracy reward at all: the zero-std groups a too-strict τ causes). Each kind is warned about once."""
+        counts = {
+            "rejected": len(rollout.rejected),
+            "empty": sum(1 for t in rollout.texts if not t.strip()),
+            "unparsed": int(torch.isnan(rollout.boxes).any(1).sum()),
+            "zero_std_groups": int(zero_std.sum()),
+            "all_fail_groups": int(all_fail.sum()),
+        }
         if rollout.rejected:
-            first = next(iter(rollout.rejected.items()))
-            self.counts.add("rejected", len(rollout.rejected),
-                            f"{len(rollout.rejected)} prompt(s) rejected up front, e.g. record "
-                            f"{batch[first[0]].get('id')!r}: {first[1]}")
-
-    def _count_degenerate(self, rollout: Rollout, zero_std: Tensor, all_fail: Tensor) -> None:
-        """Counts: empty and unparsed completions, zero-std groups, and all-fail groups (no accuracy reward at
-        all: the zero-std groups a too-strict τ causes)."""
-        empty = sum(1 for t in rollout.texts if not t.strip())
-        unparsed = int(torch.isnan(rollout.boxes).any(1).sum())
-        self.counts.add("empty", empty, f"{empty} empty completion(s) this step: reward 0")
-        self.counts.add("unparsed", unparsed, f"{unparsed} completion(s) without a parseable box this step: IoU 0")
-        self.counts.add("zero_std_groups", int(zero_std.sum()))
-        self.counts.add("all_fail_groups", int(all_fail.sum()))
+            index, reason = next(iter(rollout.rejected.items()))
+            self.counts.warn_once("rejected", f"{counts['rejected']} prompt(s) rejected up front, e.g. record "
+                                              f"{batch[index].get('id')!r}: {reason}")
+        if counts["empty"]:
+            self.counts.warn_once("empty", f"{counts['empty']} empty completion(s) this step: reward 0")
+        if counts["unparsed"]:
+            self.counts.warn_once("unparsed",
+                                  f"{counts['unparsed']} completion(s) without a parseable box this step: IoU 0")
+        return counts
 
     def _log_step(self, step: GRPOStep, stats: dict[str, Tensor], batch_size: int) -> None:
         rollout, rewards, n = step.rollout, step.rewards, max(step.rollout.num_rows, 1)
@@ -486,10 +534,12 @@ class GRPOGroundingModule(GroundingModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["medloc_counts"] = self.counts.state_dict()
+        checkpoint["medloc_nonfinite_streak"] = self._nonfinite_streak
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.counts.load_state_dict(checkpoint.get("medloc_counts", {}))
+        self._nonfinite_streak = int(checkpoint.get("medloc_nonfinite_streak", 0))
         self._warn_if_curriculum_dropped(checkpoint)
 
     def _warn_if_curriculum_dropped(self, checkpoint: dict[str, Any]) -> None:
@@ -505,9 +555,3 @@ class GRPOGroundingModule(GroundingModule):
                                f"ThresholdCurriculumCallback is configured: training continues at iou_threshold = "
                                f"{self.iou_threshold}. Configure the curriculum it was trained with to resume it.")
 
-
-def _weighted_mean(items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
-    total = sum(w for _, w in items)
-    if not items or total == 0:
-        return {}
-    return {k: sum(s[k] * w for s, w in items) / total for k in items[0][0]}

@@ -30,12 +30,15 @@ def check_ranks_agree(ranks):
     assert ranks[0]["state"]["num_raises"] >= 1
     assert ranks[0]["val"] and ranks[0]["val"] == ranks[1]["val"]  # metrics reduced over both shards
     assert ranks[0]["steps"] == ranks[1]["steps"] == 4
+    assert ranks[0]["counts"] == ranks[1]["counts"]  # global totals on every rank
 
 
 @pytest.mark.slow
 def test_ddp_grpo_two_processes(tmp_path, tiny_qwen_sft_dir, synth_dir):
     ranks = run(tmp_path, tiny_qwen_sft_dir, synth_dir, "ddp")
     check_ranks_agree(ranks)
+    # rank 1's 2 + 1 over-long prompts, counted on both ranks; rank 0 still trained while rank 1 had no row
+    assert ranks[0]["counts"]["rejected"] == 3 and ranks[0]["counts"]["skipped_steps"] == 0
     assert ranks[0]["val"]["val/parse_rate"] > 0
 
 
@@ -43,6 +46,23 @@ def test_ddp_grpo_two_processes(tmp_path, tiny_qwen_sft_dir, synth_dir):
 def test_fsdp2_grpo_two_processes(tmp_path, tiny_qwen_sft_dir, synth_dir):
     ranks = run(tmp_path, tiny_qwen_sft_dir, synth_dir, "fsdp2")
     check_ranks_agree(ranks)
+    # sharded ranks generate together: when rank 1 had no prompt, rank 0's 2 were not generated either
+    assert ranks[0]["counts"]["rejected"] == 2 + 2 + 1 and ranks[0]["counts"]["skipped_steps"] == 1
     assert ranks[0]["sharded"] and ranks[1]["sharded"]  # the weights really were DTensor shards
     state = torch.load(tmp_path / "fsdp2.ckpt", weights_only=True)
     assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])
+
+
+def test_step_seeds_differ_for_every_rank_and_step():
+    from medloc_lightning.distributed import step_rng
+
+    draws = set()
+    for rank in range(3):
+        for step in (0, 1, 7919, 7920, 2 * 7919):
+            with step_rng(0, rank, step, torch.device("cpu")):
+                draws.add(int(torch.randint(0, 2 ** 62, (1,))))
+    assert len(draws) == 15
+    with step_rng(3, 0, 5, torch.device("cpu")):
+        draw = torch.rand(4)
+    torch.manual_seed(3 * 1_000_003 + 5)
+    assert torch.equal(draw, torch.rand(4))  # one process: the same streams as earlier releases

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medloc_lightning.grpo import group_advantages, grpo_loss, zero_std_groups
+from medloc_lightning.grpo import LOG_RATIO_LIMIT, group_advantages, grpo_loss, zero_std_groups
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 OLD = -1.0  # old log-prob of every token in the hand example; logps = OLD + log(rho)
@@ -177,8 +177,8 @@ def test_empty_batch_gives_zero():
     assert loss.item() == 0.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("gap", [100.0, -100.0, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gap", [100.0, -100.0, 1e4, 15.0])
 def test_huge_log_ratios_give_a_finite_loss_and_gradient(gap, dtype):
     # a policy far from its sampler (or a diverged reference): exp(100) is inf in fp32 without the clamp
     logps = torch.full((2, 3), -1.0, dtype=dtype, requires_grad=True)
@@ -188,8 +188,9 @@ def test_huge_log_ratios_give_a_finite_loss_and_gradient(gap, dtype):
         loss, stats = grpo_loss(logps, old, torch.tensor([1.0, -1.0]), torch.ones(2, 3), ref_logps=ref, beta=0.04,
                                 loss_type=loss_type, max_completion_length=3)
         (grad,) = torch.autograd.grad(loss, logps)
-        assert torch.isfinite(loss) and torch.isfinite(grad).all(), loss_type
-        assert all(torch.isfinite(v) for v in stats.values())
+        assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values()), loss_type
+        # the gradient comes back in the dtype of logps: fp16 cannot hold exp(15) (the module passes fp32)
+        assert torch.isfinite(grad).all() or (dtype == torch.float16 and abs(gap) < LOG_RATIO_LIMIT), loss_type
 
 
 def random_batch(seed: int, n: int = 7, t: int = 6, dtype=torch.float64):

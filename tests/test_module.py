@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lightning.pytorch as pl
-from medloc_lightning import ThresholdCurriculumCallback
+from medloc_lightning import ThresholdCurriculumCallback, distributed
 from medloc_lightning.curriculum import FixedThreshold
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.rewards import GroundingReward
@@ -201,6 +201,39 @@ def test_too_many_nan_steps_in_a_row_stop_training_naming_the_step():
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, record_loader(square_records(12), 2))
+
+
+class GradNormProbe(GRPOGroundingModule):
+    """Records the gradient norm each optimizer step applies (after the module's own checks and clip)."""
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.norms.append(float(distributed.gradient_norm(self)))
+
+
+def test_clipping_sees_unscaled_gradients_under_a_gradient_scaler():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    norms = {}
+    for name in ("fp32", "scaled"):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        plugins = [MixedPrecision("16-mixed", "cpu", scaler=scaler)] if name == "scaled" else []
+        module = GradNormProbe(ScriptedPolicy(ANSWERS), num_generations=4, max_grad_norm=1e-3, learning_rate=0.1)
+        module.norms = []
+        fit(module, square_records(8), 3, plugins=plugins)
+        norms[name] = module.norms
+    assert len(norms["fp32"]) == 3 and max(norms["fp32"]) == pytest.approx(1e-3, rel=1e-4)  # clipping was active
+    assert norms["scaled"] == pytest.approx(norms["fp32"], rel=1e-3)  # not the scaled norm / 65536
+
+
+def test_the_nonfinite_streak_is_checkpointed():
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4)
+    module._nonfinite_streak = 2
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed._nonfinite_streak == 2
 
 
 def test_resuming_without_the_curriculum_that_saved_tau_warns(tmp_path):

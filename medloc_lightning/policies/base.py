@@ -102,6 +102,12 @@ class GroundingPolicy(nn.Module, abc.ABC):
         return 1
 
     @property
+    def rows_per_forward(self) -> int | None:
+        """The most completions one `logprobs` forward takes (None: any number). Under FSDP the module keeps its
+        backward chunks within it, so every rank runs the same number of forwards."""
+        return None
+
+    @property
     def has_reference_copy(self) -> bool:
         """Whether `enable_reference` made a separate frozen copy (rather than, e.g., disabling adapters)."""
         return False

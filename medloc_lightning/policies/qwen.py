@@ -238,6 +238,10 @@ class QwenVLPolicy(GroundingPolicy):
     def max_completion_length(self) -> int:
         return self.max_new_tokens
 
+    @property
+    def rows_per_forward(self) -> int:
+        return self.logprob_batch_size
+
     # ------------------------------------------------------------------ prompts
     def prompt_text(self, record: Record) -> str:
         """The chat-templated prompt of one record (image placeholder + templated query)."""
@@ -285,6 +289,15 @@ class QwenVLPolicy(GroundingPolicy):
                 sequences = self.model.generate(**prompts, generation_config=config, synced_gpus=synced)
         return sequences[:, prompts["input_ids"].shape[1]:]
 
+    def _every_rank_generates(self, has_prompts: bool) -> bool:
+        """Whether every rank has a prompt to generate from. Sharded ranks must enter ``generate`` together (its
+        forwards all-gather the weights), so when one has none, none generates."""
+        if not self.sharding.synced_generation or not torch.distributed.is_initialized():
+            return has_prompts
+        flag = torch.tensor([float(has_prompts)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
     def _shares_prefill(self, rows_per_prompt: float, model: nn.Module | None = None) -> bool:
         """Whether to prefill each prompt once for its rows: on by ``prefill_once`` when prompts repeat and the
         model is unsharded (sharded roots gather their parameters only inside the root forward and
@@ -312,8 +325,9 @@ class QwenVLPolicy(GroundingPolicy):
             raise ValueError(f"need num_generations >= 1 and temperature > 0, got {num_generations}, "
                              f"{temperature}")
         enc = self.encode(batch, self.max_new_tokens)
-        if enc.prompts is None:
-            return _empty_rollout(num_generations, enc.rejected, self.device)
+        if not self._every_rank_generates(enc.prompts is not None):
+            return _empty_rollout(num_generations, {**dict.fromkeys(enc.kept, _NOT_GENERATED), **enc.rejected},
+                                  self.device)
         config = self.generation_config(do_sample=True, temperature=temperature,
                                         num_return_sequences=num_generations)
         completion_ids = self._generate(enc.prompts, config)
@@ -324,7 +338,7 @@ class QwenVLPolicy(GroundingPolicy):
         return Rollout(
             num_generations=num_generations, texts=texts,
             boxes=self._boxes(texts, enc.geometries, num_generations), mask=mask, logps=None, state=state,
-            info={"completion_length": mask.sum(1), "truncated": (~has_eos).float()},
+            info={"truncated": (~has_eos).float()},
             kept=enc.kept, rejected=enc.rejected)
 
     def predict(self, batch: Sequence[Record]) -> tuple[list[str], Tensor]:
@@ -334,7 +348,10 @@ class QwenVLPolicy(GroundingPolicy):
             warnings.warn(f"predict: {reason}; answering with no box", stacklevel=2)
         texts = [""] * len(batch)
         boxes = torch.full((len(batch), 4), math.nan, dtype=torch.float32, device=self.device)
-        if enc.prompts is not None:
+        if not self._every_rank_generates(enc.prompts is not None):
+            if enc.prompts is not None:
+                warnings.warn(f"predict: {_NOT_GENERATED}; answering with no box", stacklevel=2)
+        else:
             completion_ids = self._generate(enc.prompts, self.generation_config(do_sample=False))
             mask, _ = completion_mask(completion_ids, self.eos_token_ids)
             kept_texts = self._decode(completion_ids, mask)
@@ -499,9 +516,12 @@ def _load_processor_for(path: str, **kwargs: Any) -> Any:
         return load_processor(base, **kwargs)
 
 
+_NOT_GENERATED = ("not generated: another rank had no prompt within the context, and sharded ranks generate "
+                  "together")
+
+
 def _empty_rollout(num_generations: int, rejected: dict[int, str], device: torch.device) -> Rollout:
     return Rollout(num_generations=num_generations, texts=[], boxes=torch.zeros(0, 4, device=device),
                    mask=torch.zeros(0, 0, device=device), logps=None, state=None,
-                   info={"completion_length": torch.zeros(0, device=device),
-                         "truncated": torch.zeros(0, device=device)},
+                   info={"truncated": torch.zeros(0, device=device)},
                    kept=[], rejected=dict(rejected))
