@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medloc_lightning.data.images import load_rgb
@@ -245,17 +246,19 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training epoch stands (the sampler's epoch and the batches done in it), so a checkpoint
-        resumes on the next unseen batch of the right epoch's order."""
+        resumes on the next unseen batch of the right epoch's order. Saved throughout ``fit``, including the
+        validation inside it, where ModelCheckpoint saves when validation runs every N steps."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        state = {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        state = {"batches": int(progress.processed)}
         if self._sampler is not None:
             state["sampler_epoch"] = int(self._sampler.epoch)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember the saved position for the next ``train_dataloader`` (older checkpoints' extra keys are ignored)."""
         self._resume = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> DataLoader | list:
