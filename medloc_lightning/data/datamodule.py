@@ -290,6 +290,7 @@ class SyntheticDataModule(GroundingDataModule):
         self.workers = int(workers)
 
     def prepare_data(self) -> None:
+        """Generate the data into ``root`` unless a complete ``synth.json`` records the same arguments."""
         from medloc_lightning.data.synth import SynthConfig, generate, read_stamp, stamp_args
 
         args = dict(self.synth)
@@ -303,6 +304,7 @@ class SyntheticDataModule(GroundingDataModule):
         log.info("generated synthetic data in %s: %s", self.root, counts)
 
     def setup(self, stage: str | None = None) -> None:
-        if not os.path.isfile(os.path.join(self.root, "synth.json")):
-            self.prepare_data()  # used without a Trainer
+        """Make sure ``root`` holds complete data made with these arguments (also without a Trainer, which
+        would have called `prepare_data`), then load it."""
+        self.prepare_data()  # returns at once when the stamp matches
         super().setup(stage)

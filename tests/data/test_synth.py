@@ -391,3 +391,20 @@ def test_the_generator_writes_into_an_empty_folder_or_its_own(tmp_path):
     assert train.stat().st_mtime_ns == written
     SyntheticDataModule(root=str(tmp_path / "dm"), n=12, size=32, preset="easy").prepare_data()
     assert len(train.read_text().splitlines()) == split_counts(12, PRESETS["easy"].splits)["train"]
+
+
+def test_setup_without_a_trainer_regenerates_a_root_made_with_other_arguments_or_left_half_written(tmp_path):
+    from medloc_lightning.data import SyntheticDataModule
+
+    root = str(tmp_path / "dm")
+    SyntheticDataModule(root=root, n=10, size=32, preset="easy").prepare_data()
+    dm = SyntheticDataModule(root=root, n=12, size=32, preset="easy")  # other arguments
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == split_counts(12, PRESETS["easy"].splits)["train"]
+    stamp = tmp_path / "dm" / "synth.json"
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "status": "writing"}))  # a killed generation
+    SyntheticDataModule(root=root, n=12, size=32, preset="easy").setup("fit")
+    assert json.loads(stamp.read_text())["status"] == "complete"
+    written = stamp.stat().st_mtime_ns
+    SyntheticDataModule(root=root, n=12, size=32, preset="easy").setup("fit")  # same arguments, complete: kept
+    assert stamp.stat().st_mtime_ns == written
