@@ -344,10 +344,15 @@ def test_cli_contract(tmp_path, capsys):
     assert _files(out) == _files(tmp_path / "api")
 
 
-def test_cli_reports_bad_knobs(tmp_path, capsys):
-    args = _parser().parse_args(["--out", str(tmp_path), "--n", "2", "--structures", "0", "5"])
-    assert run(args) == 2
-    assert "structures" in capsys.readouterr().err
+def test_cli_reports_bad_knobs(tmp_path, capsys, monkeypatch):
+    from medloc_lightning.data.cli import main
+
+    monkeypatch.delenv("MEDLOC_TRACEBACK", raising=False)
+    assert main(["synth", "--out", str(tmp_path), "--n", "2", "--structures", "0", "5"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "medloc-data: error: SynthConfig.structures: need 1 <= min <= max <= 3, got (0, 5)"]  # one line
+    with pytest.raises(ValueError, match="structures"):  # the Python entry point raises; the CLI reports it
+        run(_parser().parse_args(["--out", str(tmp_path), "--n", "2", "--structures", "0", "5"]))
     with pytest.raises(SystemExit):
         _parser().parse_args(["--out", str(tmp_path), "--modality", "mri"])
 
@@ -360,14 +365,18 @@ def _users_folder(tmp_path):
     return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
-def test_the_generator_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+def test_the_generator_refuses_a_folder_it_did_not_make(tmp_path, capsys, monkeypatch):
     from medloc_lightning.data import SyntheticDataModule
+    from medloc_lightning.data.cli import main
+
+    monkeypatch.delenv("MEDLOC_TRACEBACK", raising=False)
 
     folder, before = _users_folder(tmp_path)
     with pytest.raises(ValueError, match=f"refusing to write into {folder}: it is not empty and was not made by"):
         generate(folder, n=3, size=32)
-    assert run(_parser().parse_args(["--out", str(folder), "--n", "3", "--size", "32"])) == 2
-    assert f"refusing to write into {folder}" in capsys.readouterr().err
+    assert main(["synth", "--out", str(folder), "--n", "3", "--size", "32"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"medloc-data: error: synth: refusing to write into {folder}")
     dm = SyntheticDataModule(root=str(folder), n=3, size=32)
     for call in (dm.prepare_data, lambda: dm.setup("fit")):  # what `fit` runs
         with pytest.raises(ValueError, match="was not made by the generator"):

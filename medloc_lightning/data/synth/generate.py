@@ -17,7 +17,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,18 +275,12 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `medloc-data synth`: generate, print the counts, return the exit status."""
-    try:
-        config = config_from_args(args)
-        counts = generate(args.out, n=args.n, seed=args.seed, modality=args.modality, size=args.size,
-                          config=config, workers=args.workers)
-    except ValueError as err:
-        print(f"medloc-data synth: error: {err}", file=sys.stderr)
-        return 2
+    """Entry point of `medloc-data synth`: generate, print the counts, return the exit status. Bad arguments
+    raise ``ValueError``, which `medloc-data` reports in one line."""
+    config = config_from_args(args)
+    counts = generate(args.out, n=args.n, seed=args.seed, modality=args.modality, size=args.size,
+                      config=config, workers=args.workers)
     print(f"wrote {sum(counts.values())} images to {args.out}: "
           + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 
-
-__all__ = ["LABELS", "MODALITIES", "PRESETS", "STAMP", "SynthConfig", "add_arguments", "generate",
-           "make_record", "read_stamp", "run", "split_counts", "stamp_args"]
