@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+from medloc_lightning.atomic import write_text
 from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -186,13 +187,10 @@ def _check_items(items: Sequence[Item]) -> tuple[list[Item], list[Skip]]:
     return kept, skips
 
 
-def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> None:
-    """Write records one per line via a temporary file, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
+    """Write records one per line via a unique temporary file in the same folder, renamed over ``path`` at the
+    end, so a crash never leaves half a file; a failed write deletes its temporary file."""
+    write_text(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 @dataclass(frozen=True)
