@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medloc_lightning.atomic import write_text
+from medloc_lightning.data.converters.common import write_jsonl
 from medloc_lightning.data.synth.draw import to_uint8
 from medloc_lightning.data.synth.query import choose_referent, measure, phrase
 from medloc_lightning.data.synth.render import RENDERERS
@@ -200,9 +202,7 @@ def generate(
     for split in SPLITS:
         chunk = records[start : start + counts[split]]
         start += counts[split]
-        tmp = out / f"{split}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in chunk), encoding="utf-8")
-        tmp.replace(out / f"{split}.jsonl")
+        write_jsonl(out / f"{split}.jsonl", chunk)
     _write_stamp(out, {"status": "complete", "args": stamp_args(n, seed, modality, size, config)})
     return counts
 
@@ -224,9 +224,7 @@ def read_stamp(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _write_stamp(out: Path, content: dict[str, Any]) -> None:
-    tmp = out / f"{STAMP}.tmp"
-    tmp.write_text(json.dumps({"generator": "medloc-data synth", **content}), encoding="utf-8")
-    tmp.replace(out / STAMP)
+    write_text(out / STAMP, json.dumps({"generator": "medloc-data synth", **content}))
 
 
 def _claim(out: Path) -> None:
