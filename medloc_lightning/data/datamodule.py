@@ -17,7 +17,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medloc_lightning.data.images import load_rgb
-from medloc_lightning.data.schema import OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems, read_records
+from medloc_lightning.data.schema import (OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems,
+                                         read_image_checked, read_records)
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +76,20 @@ class GroundingDataset(torch.utils.data.Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
-        path, line = row["image"], row["line"]
-        if not os.path.isfile(path):
-            raise RecordError(Problem(self.file, line, "image", f"file not found: {path}"))
-        try:
-            image = load_rgb(path)
-        except Exception as err:  # PIL raises several types for corrupt data
-            raise RecordError(Problem(self.file, line, "image", f"cannot decode {path}: {err}")) from err
-        if image.width != row["width"]:
-            raise RecordError(Problem(self.file, line, "width", f"is {row['width']} but {path} is {image.width} px wide"))
-        if image.height != row["height"]:
-            raise RecordError(Problem(self.file, line, "height", f"is {row['height']} but {path} is {image.height} px high"))
+        path = row["image"]
+        image, problems = read_image_checked(path, row["width"], row["height"], self.file, row["line"], _load_with_size)
+        if problems:
+            raise RecordError(problems[0])
         bbox = None if row["bbox"] is None else list(row["bbox"])
         record = {"id": row["id"], "image": image, "query": row["query"], "bbox": bbox,
                   "width": row["width"], "height": row["height"], "image_path": path}
         record.update({k: row[k] for k in OPTIONAL_FIELDS if row[k] is not None})
         return record
+
+
+def _load_with_size(path: str) -> tuple[Any, tuple[int, int]]:
+    image = load_rgb(path)
+    return image, image.size
 
 
 class ResumableSampler(DistributedSampler):

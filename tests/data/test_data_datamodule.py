@@ -94,6 +94,15 @@ def test_images_are_checked_again_at_load_time(data):
         ds[2]
     with pytest.raises(ValueError, match=":2: image: cannot decode"):
         GroundingDataModule(train_file=str(data / "train.jsonl")).setup("fit")  # the default check catches it early
+    (data / "img" / "04.jpg").unlink()
+    from medloc_lightning.data.schema import read_records
+
+    found = {p.line: str(p) for p in read_records(str(data / "train.jsonl"))[1]}  # what `validate` says
+    assert sorted(found) == [2, 3, 5]
+    for index in (1, 2, 4):  # the loader words each problem the same way
+        with pytest.raises(RecordError) as err:
+            ds[index]
+        assert str(err.value) == found[index + 1]
 
 
 def test_shuffle_is_deterministic_by_seed_and_epoch(data):
