@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medloc_lightning.data.converters.common import (ConversionError, Item, NothingWritten, Output, Skip, assign_splits,
-                                                     clip_to_image, output_image_path, phrase, run_cli, split_groups,
-                                                     write_jsonl)
+                                                     clip_to_image, output_image_path, phrase, read_image_size, run_cli,
+                                                     split_groups, write_jsonl)
 
 
 @settings(max_examples=60, deadline=None)
@@ -166,3 +166,11 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_read_image_size_gives_the_size_or_the_reason_every_converter_reports(tmp_path):
+    make_image(tmp_path / "ok.png", (24, 16))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert read_image_size(str(tmp_path / "ok.png")) == (24, 16)
+    assert read_image_size(str(tmp_path / "missing.png")) == "image file not found"
+    assert read_image_size(str(tmp_path / "bad.png")).startswith("unreadable image: ")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from medloc_lightning.atomic import write_text
+from medloc_lightning.data.images import image_size
 from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -156,6 +157,16 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None =
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         return list(pool.map(fn, items))
+
+
+def read_image_size(path: str) -> tuple[int, int] | str:
+    """The image's ``(width, height)`` from its header, or why it cannot be read (a skip reason)."""
+    if not os.path.isfile(path):
+        return "image file not found"
+    try:
+        return image_size(path)
+    except Exception as err:  # PIL raises several types for corrupt data
+        return f"unreadable image: {err}"
 
 
 def require_dir(path: str, option: str) -> str:
