@@ -5,6 +5,7 @@ lazily per item and checked again there, because setup may have run with ``check
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -52,7 +53,8 @@ def records_to_hf(records: Sequence[Record]) -> Any:
     and no file stays open (fork-safe)."""
     import datasets
 
-    rows = [{**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line} for r in records]
+    # every field, unset optional ones as None (the features need every key)
+    rows = [{**dataclasses.asdict(r), "bbox": None if r.bbox is None else list(r.bbox)} for r in records]
     return datasets.Dataset.from_list(rows, features=_features())
 
 
