@@ -7,7 +7,6 @@ the target, so a run killed at any moment (even by SIGKILL mid-save) leaves the 
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Callable
 
 import torch
@@ -15,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 
+from medloc_lightning.atomic import atomic_open, remove_stale_temporaries
 from medloc_lightning.checkpoints import UnsafeCheckpointError, is_url, load_checkpoint
 
 
@@ -23,7 +23,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Save: ``torch.save`` into a hidden temporary file beside the target, flush it to disk, then
     ``os.replace`` it over the target, so a reader (or a run killed at any moment) sees the old file or
-    the new one, never half of one. Remote paths keep Lightning's writer.
+    the new one, never half of one. The file gets the mode Lightning's own writer gives (``0o666`` less the
+    umask), and a save first deletes the temporary files a killed save of the same target left behind.
+    Remote paths keep Lightning's writer.
     Load: always ``weights_only=True`` (see :func:`load_checkpoint`), whatever the caller asks.
     """
 
@@ -34,18 +36,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = os.path.abspath(os.fspath(path))
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        remove_stale_temporaries(target)  # a killed save's leftovers go at the next save
+        with atomic_open(target, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)
         _fsync_folder(folder)
 
     def load_checkpoint(self, path: _PATH, map_location: Callable | Any = "cpu",

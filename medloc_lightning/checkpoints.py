@@ -7,6 +7,7 @@ only, whatever torch's own default. No Lightning here; the Lightning plugin is `
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -29,13 +30,15 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def fetch(path: str | os.PathLike) -> str:
-    """A local path for ``path``: URLs are downloaded once into ``<torch hub dir>/checkpoints/`` (as torch does)."""
+    """A local path for ``path``: URLs are downloaded once into ``<torch hub dir>/checkpoints/`` (as torch does),
+    named by a hash of the whole URL and its file name, so ``.../run1/last.ckpt`` and ``.../run2/last.ckpt`` differ."""
     path = os.fspath(path)
     if not is_url(path):
         return path
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / (os.path.basename(urlparse(path).path) or "checkpoint.ckpt")
+    name = os.path.basename(urlparse(path).path) or "checkpoint.ckpt"
+    target = folder / f"{hashlib.sha256(path.encode()).hexdigest()[:16]}-{name}"
     if not target.is_file():
         torch.hub.download_url_to_file(path, str(target), progress=False)
     return str(target)

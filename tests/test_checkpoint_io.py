@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -27,6 +29,47 @@ def test_save_replaces_the_target_and_leaves_no_temporary_file(tmp_path):
     assert loaded["step"] == 2 and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
     with pytest.raises(UnsafeCheckpointError, match="weights_only=True only"):
         io.load_checkpoint(tmp_path / "c" / "last.ckpt", weights_only=False)
+
+
+def _fit_one_step(folder: Path, plugins: list) -> int:
+    """The mode of the ``last.ckpt`` a one-step fit writes into ``folder``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    saver = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, plugins=plugins,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[saver])
+    trainer.fit(BoringModel())
+    return stat.S_IMODE((folder / "last.ckpt").stat().st_mode)
+
+
+def test_checkpoints_get_the_mode_lightnings_own_writer_gives(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert _fit_one_step(tmp_path / "atomic", [AtomicCheckpointIO()]) == _fit_one_step(tmp_path / "lightning", []) \
+        == 0o666 & ~umask
+    for umask in (0o022, 0o027):  # 0644 (teammates read it) and 0640: the umask at save time decides
+        previous = os.umask(umask)
+        try:
+            mode = _fit_one_step(tmp_path / f"umask{umask:o}", [AtomicCheckpointIO()])
+        finally:
+            os.umask(previous)
+        assert mode == 0o666 & ~umask, oct(mode)
+
+
+def test_a_save_removes_the_temporary_files_a_killed_save_of_the_same_target_left(tmp_path):
+    import tempfile
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    stale = [tempfile.mkstemp(dir=folder, prefix=".last.ckpt.", suffix=".tmp") for _ in range(2)]  # the writer's names
+    for handle, _ in stale:
+        os.close(handle)
+    others = [".epoch=1.ckpt.abcd1234.tmp", ".last.ckpt.notes", "last.ckpt.abcd1234.tmp", ".last.ckpt.abc.tmp", "x.txt"]
+    for name in others:
+        (folder / name).write_text("kept")
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, folder / "last.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(others + ["last.ckpt"])
 
 
 @pytest.mark.slow
@@ -66,3 +109,6 @@ data:
     checkpoint = load_checkpoint(ckpts / "last.ckpt")
     assert checkpoint["global_step"] == 1  # the previous save, whole
     assert set(checkpoint["state_dict"]) and "loops" in checkpoint
+    assert list(ckpts.glob(".last.ckpt.*.tmp"))  # the killed save's temporary file, which the next save removes
+    AtomicCheckpointIO().save_checkpoint(checkpoint, ckpts / "last.ckpt")
+    assert not list(ckpts.glob(".last.ckpt.*.tmp"))

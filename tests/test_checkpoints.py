@@ -81,6 +81,18 @@ def test_plain_checkpoints_load_and_save_atomically(tmp_path):
         io.load_checkpoint(tmp_path / "sub" / "a.ckpt", weights_only=False)
 
 
+def test_downloads_with_the_same_file_name_from_different_urls_are_kept_apart(server):
+    url, root = server
+    for run, value in (("run1", 1.0), ("run2", 2.0)):
+        (root / run).mkdir()
+        torch.save({"state_dict": {"w": torch.full((2,), value)}}, root / run / "last.ckpt")
+    first = load_checkpoint(f"{url}/run1/last.ckpt")
+    second = load_checkpoint(f"{url}/run2/last.ckpt")
+    assert first["state_dict"]["w"].tolist() == [1.0, 1.0] and second["state_dict"]["w"].tolist() == [2.0, 2.0]
+    assert verify_checkpoint(f"{url}/run1/last.ckpt") != verify_checkpoint(f"{url}/run2/last.ckpt")
+    assert all(Path(verify_checkpoint(f"{url}/{run}/last.ckpt")).name.endswith("-last.ckpt") for run in ("run1", "run2"))
+
+
 def _run(*args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

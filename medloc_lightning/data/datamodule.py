@@ -5,6 +5,7 @@ lazily per item and checked again there, because setup may have run with ``check
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -13,10 +14,12 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medloc_lightning.data.images import load_rgb
-from medloc_lightning.data.schema import OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems, read_records
+from medloc_lightning.data.schema import (OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems,
+                                         read_image_checked, read_records)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,8 @@ def records_to_hf(records: Sequence[Record]) -> Any:
     and no file stays open (fork-safe)."""
     import datasets
 
-    rows = [{**r.to_dict(), **{k: getattr(r, k) for k in OPTIONAL_FIELDS}, "line": r.line} for r in records]
+    # every field, unset optional ones as None (the features need every key)
+    rows = [{**dataclasses.asdict(r), "bbox": None if r.bbox is None else list(r.bbox)} for r in records]
     return datasets.Dataset.from_list(rows, features=_features())
 
 
@@ -74,22 +78,20 @@ class GroundingDataset(torch.utils.data.Dataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
-        path, line = row["image"], row["line"]
-        if not os.path.isfile(path):
-            raise RecordError(Problem(self.file, line, "image", f"file not found: {path}"))
-        try:
-            image = load_rgb(path)
-        except Exception as err:  # PIL raises several types for corrupt data
-            raise RecordError(Problem(self.file, line, "image", f"cannot decode {path}: {err}")) from err
-        if image.width != row["width"]:
-            raise RecordError(Problem(self.file, line, "width", f"is {row['width']} but {path} is {image.width} px wide"))
-        if image.height != row["height"]:
-            raise RecordError(Problem(self.file, line, "height", f"is {row['height']} but {path} is {image.height} px high"))
+        path = row["image"]
+        image, problems = read_image_checked(path, row["width"], row["height"], self.file, row["line"], _load_with_size)
+        if problems:
+            raise RecordError(problems[0])
         bbox = None if row["bbox"] is None else list(row["bbox"])
         record = {"id": row["id"], "image": image, "query": row["query"], "bbox": bbox,
                   "width": row["width"], "height": row["height"], "image_path": path}
         record.update({k: row[k] for k in OPTIONAL_FIELDS if row[k] is not None})
         return record
+
+
+def _load_with_size(path: str) -> tuple[Any, tuple[int, int]]:
+    image = load_rgb(path)
+    return image, image.size
 
 
 class ResumableSampler(DistributedSampler):
@@ -245,17 +247,19 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training epoch stands (the sampler's epoch and the batches done in it), so a checkpoint
-        resumes on the next unseen batch of the right epoch's order."""
+        resumes on the next unseen batch of the right epoch's order. Saved throughout ``fit``, including the
+        validation inside it, where ModelCheckpoint saves when validation runs every N steps."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        state = {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        state = {"batches": int(progress.processed)}
         if self._sampler is not None:
             state["sampler_epoch"] = int(self._sampler.epoch)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember the saved position for the next ``train_dataloader`` (older checkpoints' extra keys are ignored)."""
         self._resume = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> DataLoader | list:
@@ -287,6 +291,7 @@ class SyntheticDataModule(GroundingDataModule):
         self.workers = int(workers)
 
     def prepare_data(self) -> None:
+        """Generate the data into ``root`` unless a complete ``synth.json`` records the same arguments."""
         from medloc_lightning.data.synth import SynthConfig, generate, read_stamp, stamp_args
 
         args = dict(self.synth)
@@ -300,6 +305,7 @@ class SyntheticDataModule(GroundingDataModule):
         log.info("generated synthetic data in %s: %s", self.root, counts)
 
     def setup(self, stage: str | None = None) -> None:
-        if not os.path.isfile(os.path.join(self.root, "synth.json")):
-            self.prepare_data()  # used without a Trainer
+        """Make sure ``root`` holds complete data made with these arguments (also without a Trainer, which
+        would have called `prepare_data`), then load it."""
+        self.prepare_data()  # returns at once when the stamp matches
         super().setup(stage)

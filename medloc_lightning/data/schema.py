@@ -12,10 +12,11 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from medloc_lightning.data.images import verify_image
 
+T = TypeVar("T")
 REQUIRED_FIELDS = ("id", "image", "query", "bbox", "width", "height")
 OPTIONAL_FIELDS = ("dataset", "modality", "label")
 EXTRA_FIELDS = ("distractors",)
@@ -204,20 +205,29 @@ def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
+def read_image_checked(path: str, width: int, height: int, file: str, line: int,
+                       read: Callable[[str], tuple[T, tuple[int, int]]]) -> tuple[T | None, list[Problem]]:
+    """``read(path)`` -> ``(value, (width, height))``, checked against the record: a missing or undecodable file
+    or a size other than the declared ``width``/``height`` is a problem. Shared by ``validate`` and the loader,
+    so both word problems alike. Returns the value (None when unreadable) and the problems."""
+    if not os.path.isfile(path):
+        return None, [Problem(file, line, "image", f"file not found: {path}")]
+    try:
+        value, (real_width, real_height) = read(path)
+    except Exception as err:  # PIL raises several types for corrupt data; all mean "unreadable"
+        return None, [Problem(file, line, "image", f"cannot decode {path}: {err}")]
+    problems = []
+    if real_width != width:
+        problems.append(Problem(file, line, "width", f"is {width} but {path} is {real_width} px wide"))
+    if real_height != height:
+        problems.append(Problem(file, line, "height", f"is {height} but {path} is {real_height} px high"))
+    return value, problems
+
+
 def check_image(record: Record, file: str) -> list[Problem]:
     """Decode the record's image and compare its real size with ``width``/``height``."""
-    if not os.path.isfile(record.image):
-        return [Problem(file, record.line, "image", f"file not found: {record.image}")]
-    try:
-        width, height = verify_image(record.image)
-    except Exception as err:  # PIL raises several types for corrupt data; all mean "unreadable"
-        return [Problem(file, record.line, "image", f"cannot decode {record.image}: {err}")]
-    problems = []
-    if width != record.width:
-        problems.append(Problem(file, record.line, "width", f"is {record.width} but {record.image} is {width} px wide"))
-    if height != record.height:
-        problems.append(Problem(file, record.line, "height", f"is {record.height} but {record.image} is {height} px high"))
-    return problems
+    return read_image_checked(record.image, record.width, record.height, file, record.line,
+                              lambda path: (None, verify_image(path)))[1]
 
 
 def check_record_images(records: Sequence[Record], file: str, workers: int | None = None) -> list[Problem]:

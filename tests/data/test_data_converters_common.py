@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 
 import pytest
 from datatest_helpers import make_image, read_jsonl
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medloc_lightning.data.converters.common import (ConversionError, Item, NothingWritten, Output, Skip, assign_splits,
-                                                     clip_to_image, output_image_path, phrase, run_cli, split_groups)
+                                                     clip_to_image, output_image_path, phrase, read_image_size, run_cli,
+                                                     split_groups, write_jsonl)
 
 
 @settings(max_examples=60, deadline=None)
@@ -144,3 +146,31 @@ def test_out_holding_another_sources_records_is_refused_unless_overwrite(tmp_pat
         Output(out, "coco", [])  # another converter
     with pytest.raises(ConversionError, match="holds the records of `medloc-data test`"):
         Output(out, "test", [str(tmp_path / "src")])  # other inputs
+
+
+def test_write_jsonl_leaves_no_temporary_file_and_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "train.jsonl"
+    write_jsonl(str(target), [{"id": "a"}])
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()  # as open(path, "w") would give
+    (tmp_path / "train.jsonl.tmp").write_text("a user's file")  # a name a fixed temporary would write over
+    with pytest.raises(TypeError):
+        write_jsonl(str(target), [{"id": "b"}, {"id": {"not", "json"}}])  # fails half-way
+    assert target.read_text() == '{"id": "a"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl", "train.jsonl.tmp"]
+    assert (tmp_path / "train.jsonl.tmp").read_text() == "a user's file"
+    write_jsonl(str(target), [{"id": "c"}])
+    assert read_jsonl(target) == [{"id": "c"}] and (tmp_path / "train.jsonl.tmp").read_text() == "a user's file"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_read_image_size_gives_the_size_or_the_reason_every_converter_reports(tmp_path):
+    make_image(tmp_path / "ok.png", (24, 16))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert read_image_size(str(tmp_path / "ok.png")) == (24, 16)
+    assert read_image_size(str(tmp_path / "missing.png")) == "image file not found"
+    assert read_image_size(str(tmp_path / "bad.png")).startswith("unreadable image: ")

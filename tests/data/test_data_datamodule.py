@@ -94,6 +94,15 @@ def test_images_are_checked_again_at_load_time(data):
         ds[2]
     with pytest.raises(ValueError, match=":2: image: cannot decode"):
         GroundingDataModule(train_file=str(data / "train.jsonl")).setup("fit")  # the default check catches it early
+    (data / "img" / "04.jpg").unlink()
+    from medloc_lightning.data.schema import read_records
+
+    found = {p.line: str(p) for p in read_records(str(data / "train.jsonl"))[1]}  # what `validate` says
+    assert sorted(found) == [2, 3, 5]
+    for index in (1, 2, 4):  # the loader words each problem the same way
+        with pytest.raises(RecordError) as err:
+            ds[index]
+        assert str(err.value) == found[index + 1]
 
 
 def test_shuffle_is_deterministic_by_seed_and_epoch(data):
@@ -267,6 +276,38 @@ def test_mid_epoch_resume_continues_with_the_next_unseen_batch(data, tmp_path, r
     resumed = _fit_steps(_dm(data, seed=3, batch_size=3), tmp_path / "resumed", 7,
                          ckpt_path=tmp_path / "full" / f"step={resume_step}.ckpt")
     assert resumed == full[3 * resume_step:]
+
+
+def _fit_validating(dm, root, max_steps, ckpt_path=None):
+    """Validation every 2 steps; ModelCheckpoint then saves at validation end, while the trainer is validating."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module = _OrderRecorder()
+    saver = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{step}")
+    trainer = pl.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=2,
+                         limit_val_batches=1, callbacks=[saver])
+    trainer.fit(module, dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return module.order
+
+
+@pytest.mark.parametrize("resume_step", [2, 4, 6])  # mid-epoch (4 batches per epoch) and at an epoch boundary
+def test_resume_from_a_checkpoint_saved_at_validation_end_continues_with_the_next_unseen_batch(
+        data, tmp_path, resume_step):
+    full = _fit_validating(_dm(data, seed=3, batch_size=3), tmp_path / "full", 8)
+    assert sorted(os.listdir(tmp_path / "full")) == [f"step={s}.ckpt" for s in (2, 4, 6, 8)]
+    resumed = _fit_validating(_dm(data, seed=3, batch_size=3), tmp_path / "resumed", 8,
+                              ckpt_path=tmp_path / "full" / f"step={resume_step}.ckpt")
+    assert resumed == full[3 * resume_step:]
+
+
+def test_a_saved_position_from_an_older_release_still_loads(data):
+    # older checkpoints also carried Lightning's epoch number under "epoch"; it is not needed and is ignored
+    dm = _dm(data, seed=3, batch_size=3)
+    dm.load_state_dict({"epoch": 0, "batches": 2, "sampler_epoch": 0})
+    sampler = dm.train_sampler()
+    sampler.set_epoch(0)
+    assert _ids(dm.train_dataloader()) == [f"r{i:02d}" for i in sampler][6:]
 
 
 def test_cache_images_keeps_decoded_images_and_returns_fresh_dicts(data):

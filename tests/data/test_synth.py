@@ -344,10 +344,15 @@ def test_cli_contract(tmp_path, capsys):
     assert _files(out) == _files(tmp_path / "api")
 
 
-def test_cli_reports_bad_knobs(tmp_path, capsys):
-    args = _parser().parse_args(["--out", str(tmp_path), "--n", "2", "--structures", "0", "5"])
-    assert run(args) == 2
-    assert "structures" in capsys.readouterr().err
+def test_cli_reports_bad_knobs(tmp_path, capsys, monkeypatch):
+    from medloc_lightning.data.cli import main
+
+    monkeypatch.delenv("MEDLOC_TRACEBACK", raising=False)
+    assert main(["synth", "--out", str(tmp_path), "--n", "2", "--structures", "0", "5"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "medloc-data: error: SynthConfig.structures: need 1 <= min <= max <= 3, got (0, 5)"]  # one line
+    with pytest.raises(ValueError, match="structures"):  # the Python entry point raises; the CLI reports it
+        run(_parser().parse_args(["--out", str(tmp_path), "--n", "2", "--structures", "0", "5"]))
     with pytest.raises(SystemExit):
         _parser().parse_args(["--out", str(tmp_path), "--modality", "mri"])
 
@@ -360,14 +365,18 @@ def _users_folder(tmp_path):
     return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
-def test_the_generator_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+def test_the_generator_refuses_a_folder_it_did_not_make(tmp_path, capsys, monkeypatch):
     from medloc_lightning.data import SyntheticDataModule
+    from medloc_lightning.data.cli import main
+
+    monkeypatch.delenv("MEDLOC_TRACEBACK", raising=False)
 
     folder, before = _users_folder(tmp_path)
     with pytest.raises(ValueError, match=f"refusing to write into {folder}: it is not empty and was not made by"):
         generate(folder, n=3, size=32)
-    assert run(_parser().parse_args(["--out", str(folder), "--n", "3", "--size", "32"])) == 2
-    assert f"refusing to write into {folder}" in capsys.readouterr().err
+    assert main(["synth", "--out", str(folder), "--n", "3", "--size", "32"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"medloc-data: error: synth: refusing to write into {folder}")
     dm = SyntheticDataModule(root=str(folder), n=3, size=32)
     for call in (dm.prepare_data, lambda: dm.setup("fit")):  # what `fit` runs
         with pytest.raises(ValueError, match="was not made by the generator"):
@@ -391,3 +400,20 @@ def test_the_generator_writes_into_an_empty_folder_or_its_own(tmp_path):
     assert train.stat().st_mtime_ns == written
     SyntheticDataModule(root=str(tmp_path / "dm"), n=12, size=32, preset="easy").prepare_data()
     assert len(train.read_text().splitlines()) == split_counts(12, PRESETS["easy"].splits)["train"]
+
+
+def test_setup_without_a_trainer_regenerates_a_root_made_with_other_arguments_or_left_half_written(tmp_path):
+    from medloc_lightning.data import SyntheticDataModule
+
+    root = str(tmp_path / "dm")
+    SyntheticDataModule(root=root, n=10, size=32, preset="easy").prepare_data()
+    dm = SyntheticDataModule(root=root, n=12, size=32, preset="easy")  # other arguments
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == split_counts(12, PRESETS["easy"].splits)["train"]
+    stamp = tmp_path / "dm" / "synth.json"
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "status": "writing"}))  # a killed generation
+    SyntheticDataModule(root=root, n=12, size=32, preset="easy").setup("fit")
+    assert json.loads(stamp.read_text())["status"] == "complete"
+    written = stamp.stat().st_mtime_ns
+    SyntheticDataModule(root=root, n=12, size=32, preset="easy").setup("fit")  # same arguments, complete: kept
+    assert stamp.stat().st_mtime_ns == written

@@ -1,9 +1,10 @@
 """Run by tests/test_checkpoint_io.py: `medloc fit` whose writes of ``last.ckpt`` hang once one exists.
 
 argv: the `medloc` arguments. Environment: SLOW_CKPT_DIR (the checkpoint folder), SLOW_CKPT_MARKER (touched
-when a save hangs). Any file opened for writing in SLOW_CKPT_DIR whose name contains ``last.ckpt``, once a
-``last.ckpt`` exists, gets half of its first write (or nothing, if it is copied by file descriptor) and then
-hangs, so the test can SIGKILL the run in the middle of a save, whatever the writer does.
+when a save hangs). Any file opened for writing (by path, or by descriptor with ``os.fdopen``) in SLOW_CKPT_DIR
+whose name contains ``last.ckpt``, once a ``last.ckpt`` exists, gets half of its first write (or nothing, if it
+is copied by file descriptor) and then hangs, so the test can SIGKILL the run in the middle of a save, whatever
+the writer does.
 """
 import builtins
 import os
@@ -56,7 +57,25 @@ def hanging_open(file, mode="r", *args, **kwargs):
     return HangingFile(f) if hang else f
 
 
+_fdopen = os.fdopen
+
+
+def hanging_fdopen(fd, mode="r", *args, **kwargs):
+    # a writer that opens its file by descriptor (mkstemp + os.fdopen): the path comes from /proc
+    f = _fdopen(fd, mode, *args, **kwargs)
+    if any(m in mode for m in "wax"):
+        try:
+            path = os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return f
+        if (os.path.dirname(path) == FOLDER and "last.ckpt" in os.path.basename(path)
+                and os.path.isfile(os.path.join(FOLDER, "last.ckpt"))):
+            return HangingFile(f)
+    return f
+
+
 builtins.open = hanging_open
+os.fdopen = hanging_fdopen
 
 from medloc_lightning.cli import main  # noqa: E402
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from medloc_lightning.data.converters.common import (ConversionError, ConversionReport, Item, Output, Skip,
                                                      add_output_arguments, add_record_arguments, clip_to_image,
-                                                     output_options, require_dir, require_file, run_cli)
-from medloc_lightning.data.images import image_size
+                                                     output_options, read_image_size, require_dir, require_file,
+                                                     run_cli)
 
 
 def load_coco(path: str) -> dict[str, Any]:
@@ -46,12 +46,9 @@ def coco_box(ann: dict[str, Any], width: int, height: int) -> tuple[list[float] 
 
 
 def _image_size_checked(info: dict[str, Any], path: str) -> tuple[tuple[int, int] | None, str]:
-    if not os.path.isfile(path):
-        return None, "image file not found"
-    try:
-        size = image_size(path)
-    except Exception as err:
-        return None, f"unreadable image: {err}"
+    size = read_image_size(path)
+    if isinstance(size, str):
+        return None, size
     declared = (info.get("width"), info.get("height"))
     if declared != (None, None) and declared != size:  # some exports omit the size; then the file decides
         return None, f"the annotations say {info.get('width')}x{info.get('height')} but the image is {size[0]}x{size[1]}"

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+from medloc_lightning.atomic import write_text
+from medloc_lightning.data.images import image_size
 from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -157,6 +159,16 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None =
         return list(pool.map(fn, items))
 
 
+def read_image_size(path: str) -> tuple[int, int] | str:
+    """The image's ``(width, height)`` from its header, or why it cannot be read (a skip reason)."""
+    if not os.path.isfile(path):
+        return "image file not found"
+    try:
+        return image_size(path)
+    except Exception as err:  # PIL raises several types for corrupt data
+        return f"unreadable image: {err}"
+
+
 def require_dir(path: str, option: str) -> str:
     """``path`` if it is a folder, else a :class:`ConversionError` naming the option."""
     if not os.path.isdir(path):
@@ -186,13 +198,10 @@ def _check_items(items: Sequence[Item]) -> tuple[list[Item], list[Skip]]:
     return kept, skips
 
 
-def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> None:
-    """Write records one per line via a temporary file, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
+    """Write records one per line via a unique temporary file in the same folder, renamed over ``path`` at the
+    end, so a crash never leaves half a file; a failed write deletes its temporary file."""
+    write_text(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 from medloc_lightning.data.converters.common import (SPLIT_NAMES, ConversionError, ConversionReport, Item, Output,
                                                      Skip, add_output_arguments, add_record_arguments, clip_to_image,
-                                                     output_options, require_dir, require_file, run_cli)
-from medloc_lightning.data.images import image_size
+                                                     output_options, read_image_size, require_dir, require_file,
+                                                     run_cli)
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -93,13 +93,7 @@ class _Sizes:
 
     def get(self, path: str) -> tuple[int, int] | str:
         if path not in self.cache:
-            if not os.path.isfile(path):
-                self.cache[path] = "image file not found"
-            else:
-                try:
-                    self.cache[path] = image_size(path)
-                except Exception as err:
-                    self.cache[path] = f"unreadable image: {err}"
+            self.cache[path] = read_image_size(path)
         return self.cache[path]
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medloc_lightning.atomic import write_text
+from medloc_lightning.data.converters.common import write_jsonl
 from medloc_lightning.data.synth.draw import to_uint8
 from medloc_lightning.data.synth.query import choose_referent, measure, phrase
 from medloc_lightning.data.synth.render import RENDERERS
@@ -201,9 +202,7 @@ def generate(
     for split in SPLITS:
         chunk = records[start : start + counts[split]]
         start += counts[split]
-        tmp = out / f"{split}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in chunk), encoding="utf-8")
-        tmp.replace(out / f"{split}.jsonl")
+        write_jsonl(out / f"{split}.jsonl", chunk)
     _write_stamp(out, {"status": "complete", "args": stamp_args(n, seed, modality, size, config)})
     return counts
 
@@ -225,9 +224,7 @@ def read_stamp(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _write_stamp(out: Path, content: dict[str, Any]) -> None:
-    tmp = out / f"{STAMP}.tmp"
-    tmp.write_text(json.dumps({"generator": "medloc-data synth", **content}), encoding="utf-8")
-    tmp.replace(out / STAMP)
+    write_text(out / STAMP, json.dumps({"generator": "medloc-data synth", **content}))
 
 
 def _claim(out: Path) -> None:
@@ -276,18 +273,12 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `medloc-data synth`: generate, print the counts, return the exit status."""
-    try:
-        config = config_from_args(args)
-        counts = generate(args.out, n=args.n, seed=args.seed, modality=args.modality, size=args.size,
-                          config=config, workers=args.workers)
-    except ValueError as err:
-        print(f"medloc-data synth: error: {err}", file=sys.stderr)
-        return 2
+    """Entry point of `medloc-data synth`: generate, print the counts, return the exit status. Bad arguments
+    raise ``ValueError``, which `medloc-data` reports in one line."""
+    config = config_from_args(args)
+    counts = generate(args.out, n=args.n, seed=args.seed, modality=args.modality, size=args.size,
+                      config=config, workers=args.workers)
     print(f"wrote {sum(counts.values())} images to {args.out}: "
           + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 
-
-__all__ = ["LABELS", "MODALITIES", "PRESETS", "STAMP", "SynthConfig", "add_arguments", "generate",
-           "make_record", "read_stamp", "run", "split_counts", "stamp_args"]
