@@ -34,6 +34,11 @@ PRIOR_PROMPT_TEMPLATE = "{query} Output the final answer in <answer> </answer> t
 """The prior's prompt: the VLM-R1 answer format without the request to think first (SFT answers hold no
 ``<think>`` block, and a tiny model has nothing to reason with)."""
 
+PRIOR_DIMS: dict[str, int] = {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "vision_hidden": 64,
+                              "vision_depth": 2, "vision_heads": 2}
+"""The shipped prior's architecture (`build_tiny_qwen2_5_vl` arguments): ``python -m medloc_lightning.prior``'s
+defaults."""
+
 REPORT_FILE = "medloc_prior.json"
 """Written next to a built prior: the recipe's arguments and what the prior scored."""
 
@@ -269,8 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--train-seed", type=int, default=0)
     add_dimension_arguments(parser, skip=("min_pixels", "max_pixels"))  # --size sets both
-    parser.set_defaults(hidden=128, layers=2, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2,
-                        vision_heads=2)
+    parser.set_defaults(**PRIOR_DIMS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
