@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from medloc_lightning.pretrained import shipped_path
+from medloc_lightning.prior import PRIOR_DIMS, PRIOR_PROMPT_TEMPLATE
+
 VARIANTS = ("full", "lora")
 """``full``: full fine-tune, beta=0. ``lora``: LoRA r=8 on q/k/v/o, beta=0.04 (reference = adapters off)."""
 
@@ -30,10 +33,9 @@ PHASES = (("prefill_s", "prefill: forward over the prompt tokens in generation")
           ("other_s", "other: prompts, text, reward, loop, logging (step - phases)"))
 """The phases each side reports, in wall seconds (``cpu_<name>`` in process CPU seconds)."""
 
-SHIPPED_PRIOR = "medloc_lightning/pretrained/tiny-qwen2.5-vl-grounding"
-"""The shipped tiny grounding prior, relative to the repository root (the benchmark's default model)."""
-PRIOR_DIMS = dict(hidden=128, layers=2, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, vision_heads=2)
-"""The prior's architecture, for a random stand-in when the shipped folder is absent."""
+SHIPPED_PRIOR = "medloc:tiny-qwen2.5-vl-grounding"
+"""The shipped tiny grounding prior (the benchmark's default model); a random model of its architecture
+(`medloc_lightning.prior.PRIOR_DIMS`) stands in where the folder is absent."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class BenchSettings:
     image_size: int = 84
     records: str = "synth:single"
     """``synth:<preset>`` (synthetic grounding images, the prior's domain) or ``noise`` (random pixels)."""
-    prompt_template: str = "{query} Output the final answer in <answer> </answer> tags in JSON format."
+    prompt_template: str = PRIOR_PROMPT_TEMPLATE
     temperature: float = 0.9
     warmup: int = 3
     steps: int = 12
@@ -100,12 +102,12 @@ def configure_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def resolve_model_dir(model_dir: str | None, repo_root: Path, cache_dir: str) -> tuple[str, str]:
+def resolve_model_dir(model_dir: str | None, cache_dir: str) -> tuple[str, str]:
     """The model folder to benchmark and what it is: ``model_dir`` when given; else the shipped prior; else
-    (not built yet) a random model of the prior's dimensions, built in ``cache_dir``."""
+    (the folder absent) a random model of the prior's dimensions, built in ``cache_dir``."""
     if model_dir is not None:
         return model_dir, "given"
-    shipped = repo_root / SHIPPED_PRIOR
+    shipped = shipped_path(SHIPPED_PRIOR)
     if (shipped / "config.json").is_file():
         return str(shipped), "shipped prior"
     from medloc_lightning.policies.qwen_tiny import tiny_qwen_path

@@ -42,7 +42,6 @@ from _grpo_bench_common import (  # noqa: E402
     resolve_model_dir,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = ("plain", "prefill_once", "plain_static", "plain_inference_mode", "prefill_once_inference_mode")
 
 
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     with tempfile.TemporaryDirectory(prefix="decode-options-") as tmp:
-        model_dir, kind = resolve_model_dir(args.model_dir, REPO_ROOT, tmp)
+        model_dir, kind = resolve_model_dir(args.model_dir, tmp)
         s = BenchSettings(model_dir=model_dir, prompts=args.prompts, generations=args.generations,
                           new_tokens=args.new_tokens, image_size=args.image_size, records=args.records,
                           threads=args.threads)

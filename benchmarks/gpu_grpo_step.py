@@ -8,10 +8,10 @@ backward), rollout tokens/s (completion tokens / time in ``model.generate``), pe
 (``huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct --local-dir DIR`` beforehand), the random 3B folder is
 built here from the public config (``_grpo_bench_models.py``). Each (model, side) runs in its own
 interpreter; a failing one is recorded with its error and the rest still run. TRL needs ``trl`` and
-``datasets`` importable; without them the TRL rows are recorded as skipped (docs/gpu.md shows how to carry
-the wheels).
+``datasets`` importable; without them the TRL rows are recorded as skipped (docs/gpu.md gives the versions to
+install).
 
-Run on a GPU machine:  python benchmarks/gpu_grpo_step.py --checkpoint /models/qwen2.5-vl-3b --out $OUT/gpu.json
+Run on a GPU machine:  python benchmarks/gpu_grpo_step.py --checkpoint /models/qwen2.5-vl-3b
 CPU smoke test:        python benchmarks/gpu_grpo_step.py --device cpu --tiny-only --warmup 1 --steps 2
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             clock = time.perf_counter()
             try:
                 model_dir = str(build())
-            except Exception as err:  # record and go on: a GPU session has no time for reruns
+            except Exception as err:  # record and go on: one failure does not cost the other models' rows
                 rows += [{"model": model_name, "side": s, "error": f"build: {err!r}"} for s in sides]
                 notes.append(traceback.format_exc())
                 continue

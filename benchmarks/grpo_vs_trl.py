@@ -39,7 +39,6 @@ from _grpo_bench_common import (  # noqa: E402
     run_side,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"ours": "ours", "ours_plain": "ours, plain prefill", "trl": "TRL"}
 
 
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"unknown sides {sorted(unknown)}; choose from {SIDES}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="grpo-bench-model-") as tmp:
-        model_dir, model_kind = resolve_model_dir(args.model_dir, REPO_ROOT, tmp)
+        model_dir, model_kind = resolve_model_dir(args.model_dir, tmp)
         print(f"model: {model_dir} ({model_kind})", flush=True)
         runs: list[dict[str, Any]] = []
         started = time.time()

@@ -4,7 +4,7 @@ Every term is a closed formula in the published model dimensions and the recipe'
 shows them with the arithmetic, and ``benchmarks/memory_check.py`` checks the same formulas (fp32 variant)
 against peak RSS measured on CPU. Bytes per GPU; GiB = 2**30 bytes.
 
-Run: python benchmarks/memory_plan.py [--gpus 4] [--gpu-gib 80] [--markdown]
+Run: python benchmarks/memory_plan.py [--gpus 4] [--gpu-gib 80] [--json]
 """
 from __future__ import annotations
 
@@ -309,7 +309,7 @@ def grid(gpus: int, **overrides: Any) -> list[dict[str, Any]]:
 
 
 SHIPPED = (
-    ("configs/medloc_qwen2_5_vl_3b.yaml (before)", "3B", Setup("full", "ddp", reference_bytes=4)),
+    ("3B recipe on DDP with an fp32 reference (for comparison)", "3B", Setup("full", "ddp", reference_bytes=4)),
     ("configs/medloc_qwen2_5_vl_3b.yaml", "3B", Setup("full", "fsdp2", reference_bytes=2, summon_for_generation=True)),
     ("+ variants/lora.yaml", "3B", Setup("lora", "fsdp2", summon_for_generation=True)),
     ("+ variants/qlora_4bit.yaml", "3B", Setup("qlora", "ddp")),
@@ -318,7 +318,8 @@ SHIPPED = (
     ("+ variants/qwen2_5_vl_32b.yaml", "32B", Setup("lora", "fsdp2")),
     ("+ variants/qwen2_5_vl_32b.yaml + qlora_4bit.yaml", "32B", Setup("qlora", "ddp")),
 )
-"""The shipped recipes (4 GPUs, the 3B recipe's workload), and the 3B recipe as it stood before this plan."""
+"""The shipped recipes (4 GPUs, the 3B recipe's workload), and for comparison the 3B recipe's full fine-tune on
+DDP with an fp32 reference copy (no sharding, no bf16 reference)."""
 
 
 def shipped_table(gpus: int, gpu_gib: float) -> str:
@@ -340,10 +341,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu-gib", type=float, default=80.0)
     ap.add_argument("--json", action="store_true", help="print every estimate as JSON instead of tables")
     args = ap.parse_args(argv)
-    before = grid(args.gpus, reference_bytes=4)
-    after = grid(args.gpus, reference_bytes=2)
+    fp32_reference = grid(args.gpus, reference_bytes=4)
+    bf16_reference = grid(args.gpus, reference_bytes=2)
     if args.json:
-        print(json.dumps({"fp32_reference": before, "bf16_reference": after}, indent=1))
+        print(json.dumps({"fp32_reference": fp32_reference, "bf16_reference": bf16_reference}, indent=1))
         return
     for dims in QWEN2_5_VL.values():
         lora = dims.lora_params(64)
@@ -352,9 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nShipped recipes (GiB per GPU, {args.gpus} GPUs):\n")
     print(shipped_table(args.gpus, args.gpu_gib))
     print(f"\nEvery configuration, fp32 reference copy (GiB per GPU, {args.gpus} GPUs):\n")
-    print(table(before, args.gpu_gib))
+    print(table(fp32_reference, args.gpu_gib))
     print(f"\nEvery configuration, bf16 reference copy (GiB per GPU, {args.gpus} GPUs):\n")
-    print(table(after, args.gpu_gib))
+    print(table(bf16_reference, args.gpu_gib))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ which samples nothing: the data order). The SFT baseline continues the prior's S
 quickstart's learning rate and batch size (the overlay's own values are sized for the 3B recipe). Each run is
 tested greedily on the target's test split.
 
-    python benchmarks/qwen_comparison.py                 # 5 methods x 3 seeds, about 45 min on 2 cores
-    python benchmarks/qwen_comparison.py --report-only   # print the tables from the saved JSON
+    python benchmarks/qwen_comparison.py                 # 5 methods x 3 seeds, about 18 min on 2 cores
+    python benchmarks/qwen_comparison.py --report-only   # print the table from the saved JSON
     python benchmarks/qwen_comparison.py --preset lab --out benchmarks/results/qwen_comparison_lab.json
+    python benchmarks/qwen_comparison.py --out benchmarks/results/qwen_comparison_lab.json --report-only
 
 Results: benchmarks/results/qwen_comparison.json; the tables are printed as Markdown.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # a script run from a checkout imports this checkout
+
+from reproduce import mean_std  # noqa: E402  (the same mean ± sample std as the lab's tables)
+
 RESULTS = ROOT / "benchmarks" / "results" / "qwen_comparison.json"
 CONFIG = ROOT / "configs" / "quickstart.yaml"
 METHODS: dict[str, tuple[str | None, str]] = {
@@ -57,49 +61,36 @@ def _cli_args(method: str, seed: int, steps: int) -> list[str]:
     return args
 
 
-def _build(method: str, seed: int, steps: int) -> tuple[Any, Any, list[Any], dict[str, Any]]:
-    """The model, data and curriculum callback the configs give, as `medloc fit` would build them."""
+def _cli(args: list[str], instantiate: bool = True) -> Any:
+    """`MedlocCLI` on ``args`` as `medloc fit` reads them, with the model, data and trainer built, or (with
+    ``instantiate=False``) only the parsed config in ``.config``."""
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # ours are the args
-    from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
     from medloc_lightning.cli import MedlocCLI, Trainer
     from medloc_lightning.module import GroundingModule
 
     import lightning.pytorch as pl
 
-    base = MedlocCLI(GroundingModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
-                     subclass_mode_data=True, args=_cli_args("medloc", seed, steps), run=False,
-                     auto_configure_optimizers=False)
-    grpo = base.config["model"]["init_args"]
+    class _ParseOnly(MedlocCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    cls = MedlocCLI if instantiate else _ParseOnly
+    return cls(GroundingModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
+               subclass_mode_data=True, args=args, run=False, auto_configure_optimizers=False)
+
+
+def _build(method: str, seed: int, steps: int) -> tuple[Any, Any, list[Any], dict[str, Any]]:
+    """The model, data and curriculum callback the configs give, as `medloc fit` would build them."""
+    from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
+
     extra: list[str] = []
     if method == "sft":  # the quickstart's learning rate and prompts per step, not the 3B recipe's
-        extra = [f"--model.init_args.learning_rate={grpo['learning_rate']}",
-                 f"--data.init_args.batch_size={base.config['data']['init_args']['batch_size']}"]
-    cli = MedlocCLI(GroundingModule, pl.LightningDataModule, trainer_class=Trainer, subclass_mode_model=True,
-                    subclass_mode_data=True, args=[*_cli_args(method, seed, steps), *extra], run=False,
-                    auto_configure_optimizers=False)
+        base = _cli(_cli_args("medloc", seed, steps), instantiate=False).config
+        extra = [f"--model.init_args.learning_rate={base['model']['init_args']['learning_rate']}",
+                 f"--data.init_args.batch_size={base['data']['init_args']['batch_size']}"]
+    cli = _cli([*_cli_args(method, seed, steps), *extra])
     curricula = [cb for cb in cli.trainer.callbacks if isinstance(cb, ThresholdCurriculumCallback)]
     return cli.model, cli.datamodule, curricula, {"learning_rate": cli.model.learning_rate}
-
-
-class EarlyGroups:
-    """Zero-std and all-fail group fractions over the first ``at`` optimizer steps (GRPO modules only)."""
-
-    def __init__(self, at: int) -> None:
-        import lightning.pytorch as pl
-
-        outer = self
-
-        class _Callback(pl.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                counts = getattr(pl_module, "counts", None)
-                if counts is None or outer.result is not None:
-                    return
-                outer.groups += len(batch)
-                if trainer.global_step >= at:
-                    outer.result = {"zero_std_early": counts["zero_std_groups"] / outer.groups,
-                                    "all_fail_early": counts["all_fail_groups"] / outer.groups}
-
-        self.callback, self.groups, self.result = _Callback(), 0, None
 
 
 def run_one(job: tuple[str, int, int, list[str]]) -> dict[str, Any]:
@@ -112,15 +103,17 @@ def run_one(job: tuple[str, int, int, list[str]]) -> dict[str, Any]:
     torch.set_num_threads(1)
     import lightning.pytorch as pl
 
+    from medloc_lightning.lab import EarlyGroups
+
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, data, curricula, info = _build(method, seed, steps)
-        early = EarlyGroups(max(1, round(0.2 * steps)))
+        early = EarlyGroups(steps)
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=0 if method == "prior" else steps,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                             callbacks=[*curricula, early.callback])
+                             callbacks=[*curricula, early])
         if method != "prior":
             trainer.fit(model, data)
         test = trainer.test(model, data, verbose=False)[0]
@@ -128,7 +121,7 @@ def run_one(job: tuple[str, int, int, list[str]]) -> dict[str, Any]:
     return {
         "method": method, "seed": seed, "steps": int(trainer.global_step), **info,
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
-        **(early.result or {"zero_std_early": math.nan, "all_fail_early": math.nan}),
+        "zero_std_early": early.zero_std_early, "all_fail_early": early.all_fail_early,
         "num_raises": None if schedule is None else schedule.num_raises,
         "final_tau": None if schedule is None else schedule.tau,
         "raise_steps": None if schedule is None else [int(e["step"]) for e in schedule.events],
@@ -136,16 +129,8 @@ def run_one(job: tuple[str, int, int, list[str]]) -> dict[str, Any]:
     }
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    return f"{100 * mean:.1f} ± {100 * statistics.pstdev(values):.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
-
-
 def report(results: list[dict[str, Any]]) -> str:
-    """Markdown: one row per method (mean ± std over seeds, in %), early group fractions and τ raises."""
+    """Markdown: one row per method (mean ± sample std over seeds, in %), early group fractions and τ raises."""
     rows = ["| method | runs | Acc@0.5 | Acc@0.75 | pseudo-mAP | mIoU | zero-std groups, first 20% | "
             "all-fail groups, first 20% | τ raises (final τ) |", "|---" * 9 + "|"]
     for method, (_, description) in METHODS.items():
@@ -156,9 +141,9 @@ def report(results: list[dict[str, Any]]) -> str:
         taus = [r["final_tau"] for r in runs if r["final_tau"] is not None]
         raise_text = (f"{statistics.fmean(raises):.1f} ({min(taus):.2f}–{max(taus):.2f})" if raises else "–")
         rows.append(f"| {description} | {len(runs)} | "
-                    + " | ".join(_mean_std([r["test"][m] for r in runs]) for m in METRICS)
-                    + f" | {_mean_std([r['zero_std_early'] for r in runs])} | "
-                      f"{_mean_std([r['all_fail_early'] for r in runs])} | {raise_text} |")
+                    + " | ".join(mean_std([r["test"][m] for r in runs]) for m in METRICS)
+                    + f" | {mean_std([r['zero_std_early'] for r in runs])} | "
+                      f"{mean_std([r['all_fail_early'] for r in runs])} | {raise_text} |")
     return "\n".join(rows)
 
 
@@ -208,9 +193,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _prepare_data(seed: int, steps: int) -> None:
-    """Generate the target data once, before the workers read it."""
-    _, data, _, _ = _build("medloc", seed, steps)
-    data.prepare_data()
+    """Generate the target data once, before the workers read it (only the data module is built)."""
+    import importlib
+
+    data = _cli(_cli_args("medloc", seed, steps), instantiate=False).config["data"].as_dict()
+    module, _, name = data["class_path"].rpartition(".")
+    getattr(importlib.import_module(module), name)(**data["init_args"]).prepare_data()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Reproduce MedLoc-R1's comparison and ablations on CPU with BoxPolicy on synthetic data (the curriculum lab),
 in two regimes: from random weights, and from a shared grounding prior (see `medloc_lightning.lab`).
 
-    python benchmarks/reproduce.py                 # the full grid, both regimes (about 40 min on 2 cores)
-    python benchmarks/reproduce.py --quick         # the main methods x 1 seed, shorter runs (<= 5 min)
+    python benchmarks/reproduce.py                 # the full grid, both regimes (150 runs, about 17 min on 2 cores)
+    python benchmarks/reproduce.py --quick         # the main methods x 1 seed, shorter runs (about 3 min)
     python benchmarks/reproduce.py --report-only   # re-render the doc and figures from the saved JSON
+    python benchmarks/reproduce.py --regimes prior --methods sft --merge   # rerun some runs into the saved JSON
 
 Each method is a config: the paper recipe alone (``medloc``) or with one baseline / ablation overlay. Per regime,
 every method runs 3 seeds, and MedLoc-R1, raw IoU and fixed tau run 5 for the paired comparisons. Writes the raw
 results to benchmarks/results/reproduction[_quick].json, tau-trajectory figures to docs/figures/, and the tables
 into docs/reproduction.md (docs/reproduction_quick.md with --quick) between its results markers; the text
-around them is kept.
+around them is kept. With ``--merge`` the runs made replace those of the same regime, method and seed in the saved
+JSON, which keeps the rest and records the rerun's command.
 """
 from __future__ import annotations
 
@@ -127,6 +129,36 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "results": results}
 
 
+def merge(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with ``new``'s runs in place of those of the same regime, method and seed (new ones appended),
+    and ``new``'s command listed under ``reruns``. Refuses runs made on other data or in another regime setup
+    (steps, learning rate, prior recipe, or a prior that scores differently)."""
+    def key(r: dict) -> tuple:
+        return r.get("regime", "random_init"), r["method"], r["seed"]
+
+    def setup(regime: dict) -> dict:
+        from medloc_lightning.prior import json_ready
+
+        report = regime.get("prior_report") or {}
+        fit = {k: v for k, v in (report.get("fit") or {}).items() if k in ("best_score", "best_step", "steps")}
+        scores = {"fit": fit, **{k: report.get(k) for k in ("source_val", "target_val")}}
+        return json_ready({**{k: v for k, v in regime.items() if k != "prior_report"}, "prior_scores": scores})
+
+    if new["data"] != saved["data"]:
+        raise SystemExit(f"--merge: data {new['data']} differs from the saved {saved['data']}")
+    for name, regime in new["regimes"].items():
+        if name in saved["regimes"] and setup(regime) != setup(saved["regimes"][name]):
+            raise SystemExit(f"--merge: the {name} regime differs from the saved one (steps, learning rate or "
+                             "prior); rerun the whole grid instead")
+    made = {key(r) for r in new["results"]}
+    order = {key(r): i for i, r in enumerate(saved["results"])}
+    results = [r for r in saved["results"] if key(r) not in made] + new["results"]
+    results.sort(key=lambda r: order.get(key(r), len(order)))
+    reruns = [*saved.get("reruns", []), {"command": new["command"], "elapsed_s": new["elapsed_s"],
+                                          "machine": new["machine"], "runs": len(new["results"])}]
+    return {**saved, "regimes": {**new["regimes"], **saved["regimes"]}, "results": results, "reruns": reruns}
+
+
 # --- the report ----------------------------------------------------------------------------------------------
 
 def _values(runs: Sequence[dict], key: str) -> list[float]:
@@ -134,8 +166,9 @@ def _values(runs: Sequence[dict], key: str) -> list[float]:
 
 
 def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    """``mean ± std`` (sample std) of the non-NaN values times ``scale``; one value alone, "–" for none."""
-    values = [scale * v for v in values if not math.isnan(v)]
+    """``mean ± std`` (sample std) of the values times ``scale``, NaN and None left out; one value alone, "–" for
+    none."""
+    values = [scale * v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "–"
     if len(values) == 1:
@@ -256,7 +289,10 @@ def report(saved: dict[str, Any], quick: bool, figures: Path = ROOT / "docs" / "
     ablations and the τ figures (written to ``figures``, linked relative to ``doc_dir``)."""
     suffix = "_quick" if quick else ""
     lines = [START, "", f"Command: `{saved['command']}`  ", f"Machine: {saved['machine']}; "
-             f"{saved['elapsed_s'] / 60:.1f} min in all (data, prior and runs).  ", f"Data: `lab` preset, {saved['data']['n']} images of "
+             f"{saved['elapsed_s'] / 60:.1f} min in all (data, prior and runs).  ",
+             *(f"Rerun and merged in: `{r['command']}` ({r['runs']} runs, {r['elapsed_s'] / 60:.1f} min; "
+               f"{r['machine']}).  " for r in saved.get("reruns", [])),
+             f"Data: `lab` preset, {saved['data']['n']} images of "
              f"{saved['data']['size']} px, mixed modalities; metrics on the test split, in percent, mean ± std over "
              "seeds. Zero-std and all-fail groups: fractions of all groups over the first 20% of the steps.", ""]
     for name, regime in saved["regimes"].items():
@@ -319,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--doc", help="default: docs/reproduction.md (docs/reproduction_quick.md with --quick)")
     ap.add_argument("--figures", default=str(ROOT / "docs" / "figures"), help="where the τ figures go")
     ap.add_argument("--no-doc", action="store_true", help="print the tables instead of writing the doc")
+    ap.add_argument("--merge", action="store_true",
+                    help="merge the runs made into the saved JSON (replacing the same regime, method and seed)")
     ap.add_argument("--report-only", action="store_true",
                     help="re-render the doc and figures from the saved JSON results, without training")
     args = ap.parse_args(argv)
@@ -329,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         saved = json.loads(out.read_text(encoding="utf-8"))
     else:
         saved = train(args)
+        if args.merge and out.exists():
+            saved = merge(json.loads(out.read_text(encoding="utf-8")), saved)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(saved), encoding="utf-8")
     doc = Path(args.doc or ROOT / "docs" / f"reproduction{suffix}.md")

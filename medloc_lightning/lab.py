@@ -179,21 +179,23 @@ REGIMES: dict[str, Regime] = {
     "random_init": Regime("random_init", steps=600),
     "prior": Regime("prior", steps=600, prior=Prior()),
 }
-"""Both regimes train 600 steps at the same learning rate, so the full grid of both fits in about 40 minutes on
-two cores. From the prior, 5e-3 undoes the prior within 100 steps and 1e-3 climbs no faster than 2e-3."""
+"""Both regimes train 600 steps at the same learning rate; the full grid of both (150 runs) takes about 17 minutes
+on two cores. From the prior, 5e-3 undoes the prior within 100 steps and 1e-3 climbs no faster than 2e-3."""
 
 
 def build_prior(root: str | os.PathLike, prior: Prior, target: pl.LightningDataModule, size: int = 128,
                 batch_size: int = 8, policy_kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """Warm-start BoxPolicy by SFT on the prior's source set (`prior.warm_start`), export it to ``root/policy``
-    and report it on ``target``'s validation split. Reuses an export made with the same recipe."""
+    and report it on ``target``'s validation split. Reuses an export made with the same recipe and target data
+    (a synthetic target's generation arguments; another DataModule's files)."""
     from medloc_lightning.data import SyntheticDataModule
     from medloc_lightning.policies.box import BoxPolicy
-    from medloc_lightning.prior import grounding_report, load_split, train_boxes, warm_start
+    from medloc_lightning.prior import grounding_report, json_ready, load_split, train_boxes, warm_start
 
     root = Path(root)
     report_path = root / "prior.json"
-    recipe = {**asdict(prior), "size": size, "batch_size": batch_size, "policy": dict(policy_kwargs or {})}
+    recipe = {**asdict(prior), "size": size, "batch_size": batch_size, "policy": dict(policy_kwargs or {}),
+              "target": _data_key(target)}
     if report_path.is_file():
         saved = json.loads(report_path.read_text(encoding="utf-8"))
         if saved.get("recipe") == recipe and (root / "policy").is_dir():
@@ -213,8 +215,17 @@ def build_prior(root: str | os.PathLike, prior: Prior, target: pl.LightningDataM
     report = {"recipe": recipe, "fit": {k: v for k, v in fit.items() if k != "best_checkpoint"},
               "source_val": grounding_report(policy, load_split(source, "val"), train_boxes(source), thresholds=thresholds),
               "target_val": grounding_report(policy, load_split(target, "val"), train_boxes(target), thresholds=thresholds)}
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report_path.write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return str(root / "policy"), json.loads(report_path.read_text(encoding="utf-8"))  # as a reuse returns it
+
+
+def _data_key(data: pl.LightningDataModule) -> dict[str, Any]:
+    """What identifies a DataModule's data in `build_prior`'s recipe."""
+    synth = getattr(data, "synth", None)
+    if synth is not None:
+        return dict(synth)
+    files = getattr(data, "files", None)
+    return {"files": dict(files)} if files else {"class": f"{type(data).__module__}.{type(data).__qualname__}"}
 
 
 # --- one run -------------------------------------------------------------------------------------------------
@@ -252,15 +263,32 @@ class LabResult:
         return out
 
 
-class _Recorder(pl.Callback):
+class EarlyGroups(pl.Callback):
+    """The fractions of zero-std and of all-fail reward groups over the first 20% of a run of ``steps``
+    optimizer steps (NaN until then, and for modules without group counts, such as SFT)."""
+
+    def __init__(self, steps: int) -> None:
+        self.at = max(1, round(0.2 * steps))
+        self.zero_std_early = self.all_fail_early = float("nan")
+        self._groups = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        counts = getattr(pl_module, "counts", None)  # GRPO only
+        if counts is None or not math.isnan(self.zero_std_early):
+            return
+        self._groups += len(batch)
+        if trainer.global_step >= self.at:
+            self.zero_std_early = counts["zero_std_groups"] / self._groups
+            self.all_fail_early = counts["all_fail_groups"] / self._groups
+
+
+class _Recorder(EarlyGroups):
     """Per-step τ and window statistics, and the zero-std and all-fail group fractions at 20% of the run."""
 
     def __init__(self, steps: int) -> None:
-        self.early_at = max(1, round(0.2 * steps))
+        super().__init__(steps)
         self.taus: list[float] = []
         self.window: dict[str, list[float]] = {"hit_rate": [], "reward_std": [], "iou_margin": []}
-        self.zero_std_early = self.all_fail_early = float("nan")
-        self._groups = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.taus.append(float(getattr(pl_module, "iou_threshold", float("nan"))))
@@ -269,24 +297,21 @@ class _Recorder(pl.Callback):
         for key, values in self.window.items():
             values.append(float(stats.get(key, float("nan"))))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        counts = getattr(pl_module, "counts", None)  # GRPO only
-        if counts is None or not math.isnan(self.zero_std_early):
-            return
-        self._groups += len(batch)
-        if trainer.global_step >= self.early_at:
-            self.zero_std_early = counts["zero_std_groups"] / self._groups
-            self.all_fail_early = counts["all_fail_groups"] / self._groups
-
 
 def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, seed: int = 0, *,
         init: str | None = None, policy_kwargs: dict[str, Any] | None = None, num_generations: int = 8,
         learning_rate: float = 2e-3, temperature: float = 1.0, val_every: int | None = None,
-        log_dir: str | None = None, regime: str = "random_init", return_policy: bool = False) -> LabResult:
+        log_dir: str | None = None, regime: str = "random_init", return_policy: bool = False,
+        data_seed: int | None = None) -> LabResult:
     """Train BoxPolicy with ``method`` for ``steps`` optimizer steps on ``data``, then test it.
 
     ``init`` is a BoxPolicy export to start from (the prior regime); without it the policy starts from random
     weights seeded by ``seed``. ``regime`` only labels the result.
+
+    ``data_seed`` sets the training order (``data.seed`` for this run; restored afterwards). By default SFT
+    takes ``seed``: it samples nothing, so from a shared prior the data order is all that its seed can change.
+    GRPO keeps ``data``'s own order, the same for every seed, so that runs of one seed pair across methods; its
+    seed sets the sampling (and, without ``init``, the initial weights).
     """
     from medloc_lightning.policies.box import BoxPolicy
 
@@ -315,11 +340,22 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
                          num_sanity_val_steps=0, val_check_interval=val_every or steps,
                          check_val_every_n_epoch=None, limit_val_batches=1.0 if val_every else 0.0,
                          log_every_n_steps=50, deterministic=False)
+    kept_seed = getattr(data, "seed", None)
+    if data_seed is None and spec.module == "sft" and kept_seed is not None:
+        data_seed = seed
+    if data_seed is not None:
+        if kept_seed is None:
+            raise ValueError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
+        data.seed = data_seed
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(module, data)
-        test = trainer.test(module, data, verbose=False)[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, data)
+            test = trainer.test(module, data, verbose=False)[0]
+    finally:
+        if data_seed is not None:
+            data.seed = kept_seed
     wall = time.perf_counter() - start
     return LabResult(
         method=spec.name, seed=seed, steps=trainer.global_step, regime=regime,

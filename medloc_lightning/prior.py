@@ -34,6 +34,11 @@ PRIOR_PROMPT_TEMPLATE = "{query} Output the final answer in <answer> </answer> t
 """The prior's prompt: the VLM-R1 answer format without the request to think first (SFT answers hold no
 ``<think>`` block, and a tiny model has nothing to reason with)."""
 
+PRIOR_DIMS: dict[str, int] = {"hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "vision_hidden": 64,
+                              "vision_depth": 2, "vision_heads": 2}
+"""The shipped prior's architecture (`build_tiny_qwen2_5_vl` arguments): ``python -m medloc_lightning.prior``'s
+defaults."""
+
 REPORT_FILE = "medloc_prior.json"
 """Written next to a built prior: the recipe's arguments and what the prior scored."""
 
@@ -136,12 +141,33 @@ def grounding_report(policy: Any, records: Sequence[dict], train_gt: torch.Tenso
             "median_box": _metrics(median, target, thresholds), "rows": {"n": float(len(records))}}
 
 
-def load_split(data: Any, split: str) -> list[dict]:
-    """Every record of one split of a DataModule (images decoded), in file order."""
+def load_split(data: Any, split: str, limit: int | None = None) -> list[dict]:
+    """The records of one split of a DataModule (images decoded), in file order: all of them, or the first
+    ``limit`` (only those are decoded)."""
     data.prepare_data()
     data.setup("test" if split == "test" else ("validate" if split == "val" else "fit"))
     dataset = data.datasets[split]
-    return [dataset[i] for i in range(len(dataset))]
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    return [dataset[i] for i in range(count)]
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (``null`` in JSON), in nested dicts and lists:
+    a correlation undefined on constant boxes, for instance, is written as ``null`` rather than as ``NaN``,
+    which is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def _eval_batch_size(records: int, largest: int = 32) -> int:
+    """The largest batch size up to ``largest`` that divides ``records``, so that whole batches cover exactly
+    ``records`` validation records."""
+    return max(b for b in range(1, min(largest, records) + 1) if records % b == 0)
 
 
 def train_boxes(data: Any) -> torch.Tensor:
@@ -199,18 +225,19 @@ def build_qwen_grounding_prior(
     init = build_tiny_qwen2_5_vl(work / "init", **dims)
     policy = QwenVLPolicy(str(init), min_pixels=pixels, max_pixels=pixels, prompt_template=PRIOR_PROMPT_TEMPLATE,
                           max_new_tokens=max_new_tokens, freeze_vision=False)
+    eval_batch = _eval_batch_size(val_records)  # validation scores exactly the first val_records records
     source = SyntheticDataModule(root=str(work / f"source_{source_preset}_{size}"), n=n_source, size=size,
                                  preset=source_preset, synth_seed=synth_seed, batch_size=batch_size,
-                                 eval_batch_size=32, cache_images=True, seed=seed)
+                                 eval_batch_size=eval_batch, cache_images=True, seed=seed)
     module = SFTGroundingModule(policy, learning_rate=learning_rate, warmup_steps=warmup_steps,
                                 lr_schedule="cosine", max_grad_norm=1.0)
     fit = warm_start(module, source, max_steps=max_steps, max_minutes=max_minutes, val_every=val_every,
-                     limit_val_batches=max(1, math.ceil(val_records / 32)), root=work / "sft")
+                     limit_val_batches=val_records // eval_batch, root=work / "sft")
     if out.exists():
         shutil.rmtree(out)
     policy.export(str(out))
     report: dict[str, Any] = {"recipe": recipe, "fit": {k: v for k, v in fit.items() if k != "best_checkpoint"},
-                              "source_val": grounding_report(policy, load_split(source, "val")[:val_records],
+                              "source_val": grounding_report(policy, load_split(source, "val", limit=val_records),
                                                            train_boxes(source))}
     for preset in target_presets:
         target = SyntheticDataModule(root=str(work / f"target_{preset}_{size}"), n=n_target, size=size,
@@ -218,7 +245,8 @@ def build_qwen_grounding_prior(
                                      cache_images=True, seed=seed)
         report[f"target_{preset}_val"] = grounding_report(policy, load_split(target, "val"), train_boxes(target))
     report["wall_minutes"] = round((time.time() - started) / 60, 2)
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report = json_ready(report)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return report
 
 
@@ -245,14 +273,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val-records", type=int, default=200, help="source validation records used")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--train-seed", type=int, default=0)
-    add_dimension_arguments(parser)
-    parser.set_defaults(hidden=128, layers=2, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2,
-                        vision_heads=2)
+    add_dimension_arguments(parser, skip=("min_pixels", "max_pixels"))  # --size sets both
+    parser.set_defaults(**PRIOR_DIMS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dims = dimensions_from_args(args)
-    dims.update(min_pixels=args.size * args.size, max_pixels=args.size * args.size)
     report = build_qwen_grounding_prior(
         args.out, work_dir=args.work_dir, dims=dims, size=args.size, source_preset=args.source_preset,
         target_presets=args.target_presets, n_source=args.n_source, n_target=args.n_target,

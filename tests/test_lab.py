@@ -110,6 +110,21 @@ def test_sft_has_no_curriculum_or_groups(data, tmp_path: Path) -> None:
     assert list(tmp_path.glob("sft_seed0/version_0/events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize(("method", "seed", "data_seed", "order"), [
+    ("sft", 2, None, 2),        # SFT samples nothing: its seed sets the data order
+    ("medloc", 2, None, 0),     # GRPO keeps the data's own order, so that seeds pair across methods
+    ("medloc", 2, 5, 5),
+])
+def test_the_training_order_follows_the_data_seed(data, monkeypatch, method: str, seed: int,
+                                                  data_seed: int | None, order: int) -> None:
+    seen: list[int] = []
+    sampler = data.train_sampler
+    monkeypatch.setattr(data, "train_sampler", lambda *a, **k: seen.append(data.seed) or sampler(*a, **k))
+    lab.run(method, data, steps=2, seed=seed, policy_kwargs=TINY_POLICY, data_seed=data_seed)
+    assert seen and set(seen) == {order}
+    assert data.seed == 0  # the caller's DataModule is left as it was
+
+
 def test_the_prior_is_built_once_and_every_run_starts_from_it(data, tmp_path: Path) -> None:
     from medloc_lightning.metrics import GroundingMetrics
 
@@ -132,3 +147,10 @@ def test_the_prior_is_built_once_and_every_run_starts_from_it(data, tmp_path: Pa
                        torch.tensor([r["bbox"] for r in records], dtype=torch.float32))
     assert result.regime == "prior"
     assert result.test["miou"] == pytest.approx(float(metrics.compute()["miou"]), abs=1e-6)
+    # Another target is another report: the prior is built again rather than reused with a stale one.
+    other = lab.lab_data(str(tmp_path / "other"), n=30, size=64, batch_size=4, preset="easy")
+    path_other, report_other = lab.build_prior(tmp_path / "prior", prior, other, size=64, batch_size=4,
+                                               policy_kwargs=TINY_POLICY)
+    assert report_other["recipe"]["target"]["n"] == 30 and report_other["recipe"]["target"]["preset"] == "easy"
+    assert report["recipe"]["target"]["n"] == 50 and weights.stat().st_mtime_ns != written
+    assert "NaN" not in (tmp_path / "prior" / "prior.json").read_text()  # undefined correlations are null

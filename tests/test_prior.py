@@ -97,3 +97,17 @@ def test_warm_start_scores_the_last_weights_and_reloads_the_best(tmp_path: Path,
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     again = trainer.validate(module, data, verbose=False)[0]["val/miou"]
     assert again == pytest.approx(fit["best_score"], abs=1e-6)  # the weights in the module are the best ones
+
+
+def test_the_command_line_gives_the_shipped_recipe_and_validates_exactly_val_records(monkeypatch) -> None:
+    from medloc_lightning import prior
+
+    seen = {}
+    monkeypatch.setattr(prior, "build_qwen_grounding_prior", lambda out, **kw: seen.update(kw) or {})
+    prior.main(["--out", "unused"])
+    shipped = json.loads((shipped_path(NAME) / REPORT_FILE).read_text())["recipe"]
+    pixels = seen["size"] ** 2
+    assert {"min_pixels": pixels, "max_pixels": pixels, **seen["dims"]} == shipped["dims"]
+    # whole batches of at most 32 covering exactly val_records (200 -> 8 x 25, not 7 x 32 = 224)
+    assert [prior._eval_batch_size(n) for n in (200, 4, 64, 37)] == [25, 4, 32, 1]
+    assert prior.json_ready({"r": [float("nan"), 1.0], "x": float("inf")}) == {"r": [None, 1.0], "x": None}

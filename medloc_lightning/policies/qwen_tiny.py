@@ -229,8 +229,9 @@ def tiny_qwen_path(cache_dir: str | os.PathLike | None = None, **kwargs) -> Path
         return target
 
 
-def add_dimension_arguments(parser: argparse.ArgumentParser) -> None:
-    """The builder's architecture and processor options (shared with the grounding-prior recipe)."""
+def add_dimension_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """The builder's architecture and processor options (shared with the grounding-prior recipe), except those
+    named in ``skip``."""
     defaults = {k: p.default for k, p in inspect.signature(build_tiny_qwen2_5_vl).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
     helps = {"hidden": "text hidden size (multiple of 64)", "layers": "decoder layers",
@@ -240,15 +241,17 @@ def add_dimension_arguments(parser: argparse.ArgumentParser) -> None:
              "min_pixels": "processor min_pixels", "max_pixels": "processor max_pixels",
              "max_position_embeddings": "text context length"}
     for name, help_text in helps.items():
+        if name in skip:
+            continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name],
                             help=f"{help_text} (default {defaults[name]})")
 
 
 def dimensions_from_args(args: argparse.Namespace) -> dict[str, int]:
-    """The keyword arguments of `build_tiny_qwen2_5_vl` named by `add_dimension_arguments`' options."""
+    """The keyword arguments of `build_tiny_qwen2_5_vl` named by the options `add_dimension_arguments` added."""
     return {name: getattr(args, name) for name in ("hidden", "layers", "heads", "kv_heads", "vision_hidden",
                                                    "vision_depth", "vision_heads", "seed", "min_pixels",
-                                                   "max_pixels", "max_position_embeddings")}
+                                                   "max_pixels", "max_position_embeddings") if hasattr(args, name)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

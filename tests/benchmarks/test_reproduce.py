@@ -95,3 +95,35 @@ def test_report_only_rerenders_the_doc_from_the_json(reproduce, tmp_path) -> Non
     text = doc.read_text()
     assert text.startswith("# Kept heading") and text.endswith("Kept discussion.\n") and "old tables" not in text
     assert "## Regime: prior" in text and "![reproduction_prior_tau_main](f/reproduction_prior_tau_main.png)" in text
+
+
+
+def test_merge_replaces_the_rerun_runs_and_keeps_the_rest(reproduce, tmp_path) -> None:
+    saved = _saved()
+    rerun = [_result("medloc", 1, "prior", 0.9), _result("medloc", 7, "prior", 0.1)]
+    new = {**_saved(), "command": "python benchmarks/reproduce.py --merge", "elapsed_s": 6.0, "results": rerun}
+    merged = reproduce.merge(saved, new)
+    keys = [(r["regime"], r["method"], r["seed"]) for r in merged["results"]]
+    assert len(keys) == len(set(keys)) == len(saved["results"]) + 1  # seed 1 replaced, seed 7 added
+    by_key = dict(zip(keys, merged["results"]))
+    assert by_key[("prior", "medloc", 1)]["test"]["acc@0.5"] == 0.9
+    assert by_key[("random_init", "medloc", 1)] == next(
+        r for r in saved["results"] if (r["regime"], r["method"], r["seed"]) == ("random_init", "medloc", 1))
+    assert merged["command"] == saved["command"] and merged["reruns"][0]["runs"] == 2
+    text = reproduce.report(merged, quick=False, figures=tmp_path, doc_dir=tmp_path)
+    assert "Rerun and merged in: `python benchmarks/reproduce.py --merge` (2 runs, 0.1 min" in text
+    other = {**new, "regimes": {**new["regimes"], "prior": {**new["regimes"]["prior"], "learning_rate": 0.005}}}
+    with pytest.raises(SystemExit, match="differs"):
+        reproduce.merge(saved, other)
+
+
+def test_the_qwen_comparison_reports_the_same_sample_std() -> None:
+    spec = importlib.util.spec_from_file_location("qwen_comparison", SCRIPT.parent / "qwen_comparison.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = [{"method": "medloc", "seed": s, "test": {m: v for m in module.METRICS}, "zero_std_early": v,
+             "all_fail_early": math.nan if s == 0 else v, "num_raises": 2, "final_tau": 0.55}
+            for s, v in enumerate((0.6, 0.7, 0.8))]
+    row = module.report(runs).splitlines()[2]
+    assert row.count(f"70.0 ± {100 * statistics.stdev([0.6, 0.7, 0.8]):.1f}") == 5  # 10.0, not pstdev's 8.2
+    assert "75.0 ± 7.1" in row  # the NaN left out
