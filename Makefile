@@ -3,7 +3,7 @@
 #   make demo   set up .venv if needed, then the quickstart: test the shipped Qwen2.5-VL grounding prior,
 #               GRPO + the MedLoc-R1 curriculum on it, test the result
 # and one more:
-#   make lab    the curriculum lab's quickstart (BoxPolicy, two minutes)
+#   make lab    the curriculum lab's quickstart (BoxPolicy, under a minute)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
