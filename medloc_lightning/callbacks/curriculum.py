@@ -91,7 +91,8 @@ class ThresholdCurriculumCallback(pl.Callback):
         if gathered.numel() == 0:
             return
         if getattr(self.schedule, "window_unit", "step") == "group":
-            lengths = _gather_variable(trainer, torch.tensor([len(g) for g in groups], device=pl_module.device))
+            counts = torch.tensor([len(g) for g in groups], dtype=torch.long, device=pl_module.device)  # [] too
+            lengths = _gather_variable(trainer, counts)
             observed: Any = [g for g in torch.split(gathered, lengths.tolist()) if g.numel()]
         else:
             observed = gathered

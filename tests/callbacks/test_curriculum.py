@@ -140,16 +140,20 @@ def test_fixed_threshold_baseline_plugs_in(tmp_path):
     assert module.seen_taus == [0.5] * 5
 
 
+def _run_two_ranks(tmp_path, script, *args):
+    """Run ``tests/scripts/<script>`` in 2 DDP processes (gloo, CPU); each rank's JSON dump."""
+    tests, root = Path(__file__).parents[1], Path(__file__).parents[2]  # toy_modules, and this checkout's package
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(root)])}
+    proc = subprocess.run([sys.executable, str(tests / "scripts" / script), str(tmp_path), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("window_unit", ["step", "group"])
 def test_ddp_two_processes_share_tau(tmp_path, window_unit):
-    script = Path(__file__).parents[1] / "scripts" / "ddp_curriculum.py"
-    tests, root = Path(__file__).parents[1], Path(__file__).parents[2]  # toy_modules, and this checkout's package
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(root)])}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), window_unit], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _run_two_ranks(tmp_path, "ddp_curriculum.py", window_unit)
     assert ranks[0]["local"] != ranks[1]["local"]  # the ranks saw different data...
     assert ranks[0]["taus"] == ranks[1]["taus"]  # ...yet hold the same tau at every step
     assert ranks[0]["state"] == ranks[1]["state"]
@@ -160,6 +164,18 @@ def test_ddp_two_processes_share_tau(tmp_path, window_unit):
     assert ref.num_raises >= 1
     if window_unit == "group":
         assert all(len(entry) == 3 for entry in ranks[0]["state"]["steps"])  # whole groups of 3, never split
+
+
+@pytest.mark.slow
+def test_ddp_a_rank_without_groups_still_shares_tau(tmp_path):
+    # rank 1 returns IoUs of shape [0, 3] on every other step (all its prompts rejected): no groups to gather
+    ranks = _run_two_ranks(tmp_path, "ddp_curriculum.py", "group", "--empty-rank")
+    assert [] in ranks[1]["local"] and [] not in ranks[0]["local"]
+    assert ranks[0]["taus"] == ranks[1]["taus"] and ranks[0]["state"] == ranks[1]["state"]
+    ref = ThresholdCurriculum(window=4, window_unit="group")
+    for a, b in zip(ranks[0]["local"], ranks[1]["local"]):
+        ref.observe(a + b)
+    assert ref.state_dict() == ranks[0]["state"] and ref.num_raises >= 1
 
 
 def test_group_unit_observes_each_steps_rows_as_groups(tmp_path):
