@@ -137,6 +137,14 @@ def hit_fraction(ious: np.ndarray, tau: float) -> float:
     return float(np.count_nonzero(ious >= np.float32(tau))) / ious.size
 
 
+def _saved_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``state`` was saved with, as `ThresholdSchedule.settings` gives them, older states included:
+    before settings were saved, the window was kept at top level; before ``window_unit`` existed, every window
+    counted steps. A setting named ``tau`` (FixedThreshold's) is the saved τ itself, as ``settings()`` reads it."""
+    older = {k: state[k] for k in ("window", "window_unit") if k in state}
+    return {"window_unit": "step", **(state.get("settings") or older), "tau": state["tau"]}
+
+
 class ThresholdSchedule:
     """Base class: a τ that moves as IoUs are observed, with window statistics for monitoring.
 
@@ -240,8 +248,6 @@ class ThresholdSchedule:
             "kind": type(self).__name__,
             "settings": self.settings(),
             "tau": self._tau,
-            "window": self.window,
-            "window_unit": self.window_unit,
             "steps": [a.tolist() for a, _, _ in self._steps],
             "hits": [h for _, h, _ in self._steps],
             "num_steps": self.num_steps,
@@ -252,12 +258,9 @@ class ThresholdSchedule:
     def check_compatible(self, state: dict[str, Any]) -> None:
         """Raise :class:`CurriculumMismatchError` if ``state`` was saved by another kind of schedule or with
         other settings. Settings only one side knows (added after the checkpoint was written) are not compared."""
-        kind, saved = state.get("kind", type(self).__name__), state.get("settings", {})
-        mine = self.settings()
+        kind, saved, mine = state.get("kind", type(self).__name__), _saved_settings(state), self.settings()
         diffs = [f"{k}: saved {saved[k]!r}, configured {mine[k]!r}" for k in sorted(saved.keys() & mine.keys())
                  if saved[k] != mine[k]]
-        if int(state["window"]) != self.window and "window" not in saved:
-            diffs.append(f"window: saved {state['window']!r}, configured {self.window!r}")
         if kind != type(self).__name__ or diffs:
             what = f"a {kind}, the configured schedule is a {type(self).__name__}" if kind != type(self).__name__ \
                 else f"a {kind} with other settings ({'; '.join(diffs)})"
@@ -270,10 +273,6 @@ class ThresholdSchedule:
         """Restore a state saved by :meth:`state_dict`: checked whole (kind, settings, τ, window IoUs) before
         anything changes, so a bad state leaves the schedule as it was."""
         self.check_compatible(state)
-        if state.get("window_unit", "step") != self.window_unit:
-            raise CurriculumMismatchError(f"the saved curriculum state has window_unit "
-                                          f"{state.get('window_unit', 'step')!r}, the configured schedule "
-                                          f"{self.window_unit!r}")
         tau = float(state["tau"])
         problem = None if 0.0 <= tau <= 1.0 else "must be an IoU threshold in [0, 1]"
         problem = problem or self._tau_problem(tau)
@@ -400,9 +399,6 @@ class FixedThreshold(ThresholdSchedule):
 
     def __init__(self, tau: float = 0.5, window: int = 30, window_unit: WindowUnit = "step") -> None:
         super().__init__(tau, window, window_unit)
-
-    def _tau_problem(self, tau: float) -> str | None:
-        return None if tau == self._tau else f"differs from the fixed tau {self._tau}"
 
 
 class ProgressSchedule(ThresholdSchedule):
