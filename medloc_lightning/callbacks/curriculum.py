@@ -22,7 +22,10 @@ from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_ste
 class ThresholdCurriculumCallback(pl.Callback):
     """Observe per-step IoUs, move τ, and write it to ``pl_module.<attr>``; identical on every rank.
 
-    IoUs are accumulated over gradient-accumulation micro-batches and observed once per optimizer step.
+    IoUs are accumulated over gradient-accumulation micro-batches and observed once per batch that ends with an
+    optimizer step: once per optimizer step under gradient accumulation, once per batch (rollout) for a module
+    that steps its optimizer μ times per batch, so the window counts batches there while progress counts
+    optimizer steps.
     Under DDP/FSDP each micro-batch's IoUs are all-gathered (whole groups) and observed in rank order, so every
     rank sees the same stream and therefore holds the same window and τ. The schedule's full state travels in
     the checkpoint, with its kind and settings, and so do the IoUs of a step still accumulating (every rank's):

@@ -81,6 +81,7 @@ def test_thresholds_interpolate_linearly_in_tau():
     assert c.stats["min_hit_rate"] == pytest.approx(0.8)
     assert c.stats["max_reward_std"] == pytest.approx(0.1)
     c.load_state_dict({**c.state_dict(), "tau": 0.55})  # halfway
+    assert c.tau_progress == pytest.approx(0.5)
     assert c.stats["min_hit_rate"] == pytest.approx(0.7)
     assert c.stats["max_reward_std"] == pytest.approx(0.15)
     c.load_state_dict({**c.state_dict(), "tau": 0.8})
