@@ -22,7 +22,6 @@ PSEUDO_MAP_THRESHOLDS: tuple[float, ...] = tuple(float(Decimal("0.50") + Decimal
 """0.50, 0.55, ..., 0.95: each the float nearest its decimal value (no accumulated range error)."""
 
 
-
 def _key(threshold: float) -> str:
     return f"acc@{threshold:g}"
 

@@ -291,6 +291,25 @@ def test_reward_and_curriculum_hits_agree_everywhere(iou: float, tau: float, wid
         assert threshold_reward(ious, tau).item() == schedule.stats["hit_rate"], (near, tau, ious.dtype)
 
 
+TIES = (0.3, 0.45, 0.55, 0.65, 0.70, 0.75, 0.8)  # the curricula's thresholds, written as float64
+_near_ties = st.sampled_from(TIES).flatmap(lambda t: st.sampled_from(
+    [t, math.nextafter(t, 0.0), math.nextafter(t, 1.0), float(torch.tensor(t, dtype=torch.float32))]))
+
+
+@given(ious=st.lists(st.one_of(st.floats(0.0, 1.0), _near_ties), min_size=1, max_size=16),
+       tau=st.one_of(st.floats(0.0, 1.0), st.sampled_from(TIES)), wide=st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_the_reward_and_the_curriculum_share_one_hit_rule(ious: list[float], tau: float, wide: bool) -> None:
+    # the two implementations of IoU >= tau in float32: rewards.hits (torch) and schedules.hit_fraction (numpy)
+    from medloc_lightning.curriculum.schedules import as_iou_array, hit_fraction
+    from medloc_lightning.rewards import hits
+
+    tensor = torch.tensor(ious, dtype=torch.float64 if wide else torch.float32)
+    rewarded = hits(tensor, tau).tolist()
+    arr = as_iou_array(tensor)  # what the curriculum keeps of them
+    assert [hit_fraction(arr[i: i + 1], tau) == 1.0 for i in range(len(ious))] == rewarded, (ious, tau)
+
+
 class TrainingOnly:
     """A fixed-tau schedule that records, for each observe, whether TRL's model was in training mode."""
 

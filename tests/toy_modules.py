@@ -47,6 +47,35 @@ class ScriptedModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
+class IndexedModule(ScriptedModule):
+    """Batch i's IoUs are rows ``i * rows ... (i + 1) * rows`` of this rank's `ScriptedIoUs`, whatever the loader
+    yields: a run resumed mid-epoch from a plain loader sees exactly what the uninterrupted run saw."""
+
+    def __init__(self, rows: int = 1, per_item: int = 3, n: int = 24) -> None:
+        super().__init__()
+        self.rows, self.per_item, self.n = rows, per_item, n
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
+        items = ScriptedIoUs(self.n, self.per_item, seed=self.global_rank).items  # ramps up over n items
+        ious = torch.stack(items[batch_idx * self.rows: (batch_idx + 1) * self.rows])
+        return super().training_step(ious if self.rows > 1 else ious[0], batch_idx)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        pass
+
+
+class StateTrace(pl.Callback):
+    """The curriculum schedule's state after each observed step (list it after the curriculum callback)."""
+
+    def __init__(self, curriculum: pl.Callback) -> None:
+        self.curriculum, self.states = curriculum, []
+
+    def on_train_batch_end(self, *args) -> None:
+        state = self.curriculum.schedule.state_dict()
+        if state["num_steps"] != (self.states[-1]["num_steps"] if self.states else 0):
+            self.states.append(state)
+
+
 def scripted_loader(n: int = 24, per_item: int = 4, batch_size: int = 1, seed: int = 0) -> DataLoader:
     return DataLoader(ScriptedIoUs(n, per_item, seed), batch_size=batch_size, shuffle=False)
 

@@ -22,11 +22,15 @@ from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_ste
 class ThresholdCurriculumCallback(pl.Callback):
     """Observe per-step IoUs, move τ, and write it to ``pl_module.<attr>``; identical on every rank.
 
-    IoUs are accumulated over gradient-accumulation micro-batches and observed once per optimizer step.
-    Under DDP/FSDP they are all-gathered first (in rank order, whole groups), so every rank sees the same
-    stream and therefore holds the same window and τ. The schedule's full state travels in the checkpoint, with
-    its kind and settings: resuming under another schedule fails with a clear error, unless
-    ``reset_on_mismatch=True``, which starts the configured schedule afresh (with a warning).
+    IoUs are accumulated over gradient-accumulation micro-batches and observed once per batch that ends with an
+    optimizer step: once per optimizer step under gradient accumulation, once per batch (rollout) for a module
+    that steps its optimizer μ times per batch, so the window counts batches there while progress counts
+    optimizer steps.
+    Under DDP/FSDP each micro-batch's IoUs are all-gathered (whole groups) and observed in rank order, so every
+    rank sees the same stream and therefore holds the same window and τ. The schedule's full state travels in
+    the checkpoint, with its kind and settings, and so do the IoUs of a step still accumulating (every rank's):
+    resuming between micro-batches continues exactly. Resuming under another schedule fails with a clear error,
+    unless ``reset_on_mismatch=True``, which starts the configured schedule afresh (with a warning).
     """
 
     def __init__(
@@ -42,7 +46,7 @@ class ThresholdCurriculumCallback(pl.Callback):
         self.schedule = ThresholdCurriculum() if schedule is None else schedule
         self.ious_key, self.attr, self.log_prefix, self.prog_bar = ious_key, attr, log_prefix, prog_bar
         self.reset_on_mismatch = reset_on_mismatch
-        self._pending: list[torch.Tensor] = []
+        self._pending: list[list[torch.Tensor]] = []  # per rank: its groups of IoUs since the last optimizer step
         self._last_global_step: int | None = None
         self._total_steps: float | None = None
 
@@ -77,24 +81,21 @@ class ThresholdCurriculumCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         ious = _find_ious(outputs, self.ious_key)
-        if ious is not None:
-            self._pending.append(ious.detach().to(torch.float32))
-        if self._last_global_step is None:
-            self._last_global_step = trainer.global_step - 1
+        local = [] if ious is None else list(_groups(ious.detach().to(torch.float32)))
+        # Gathered every micro-batch, so every rank holds every rank's pending IoUs and a checkpoint (written by
+        # rank 0) resumes them on every rank.
+        for rank, groups in enumerate(_gather_groups(trainer, local, pl_module.device)):
+            if rank == len(self._pending):
+                self._pending.append([])
+            self._pending[rank].extend(groups)
         if trainer.global_step == self._last_global_step:
             return  # mid-accumulation: no optimizer step yet
         self._last_global_step = trainer.global_step
-        groups = [group for t in self._pending for group in _groups(t)]
+        groups = [g for rank_groups in self._pending for g in rank_groups if g.numel()]  # rank order, whole groups
         self._pending = []
-        local = torch.cat(groups) if groups else torch.zeros(0)
-        gathered = _gather_variable(trainer, local.to(pl_module.device))
-        if gathered.numel() == 0:
+        if not groups:
             return
-        if getattr(self.schedule, "window_unit", "step") == "group":
-            lengths = _gather_variable(trainer, torch.tensor([len(g) for g in groups], device=pl_module.device))
-            observed: Any = [g for g in torch.split(gathered, lengths.tolist()) if g.numel()]
-        else:
-            observed = gathered
+        observed: Any = groups if self.schedule.window_unit == "group" else torch.cat(groups)
         progress = None if self._total_steps is None else min(1.0, trainer.global_step / self._total_steps)
         raised = self.schedule.observe(observed, progress=progress)
         self._apply(pl_module)
@@ -118,7 +119,7 @@ class ThresholdCurriculumCallback(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "schedule": self.schedule.state_dict(),
-            "pending": [t.cpu() for t in self._pending],
+            "pending_by_rank": [list(groups) for groups in self._pending],  # every rank's, as each rank holds them
             "last_global_step": self._last_global_step,
         }
 
@@ -131,7 +132,10 @@ class ThresholdCurriculumCallback(pl.Callback):
             rank_zero_warn(f"{err} reset_on_mismatch=True: the configured schedule starts afresh at tau = "
                            f"{self.schedule.tau} with an empty window.")
             return
-        self._pending = [t.clone() for t in state_dict.get("pending", [])]
+        if "pending_by_rank" in state_dict:
+            self._pending = [[g.clone() for g in groups] for groups in state_dict["pending_by_rank"]]
+        else:  # older checkpoints kept rank 0's pending IoUs only
+            self._pending = [[g.clone() for t in state_dict.get("pending", []) for g in _groups(t)]]
         self._last_global_step = state_dict.get("last_global_step")
 
 
@@ -151,15 +155,27 @@ def _groups(ious: torch.Tensor) -> torch.Tensor:
     return ious.reshape(1, -1) if ious.ndim < 2 else ious.reshape(-1, ious.shape[-1])
 
 
-def _gather_variable(trainer: pl.Trainer, local: torch.Tensor) -> torch.Tensor:
-    """All-gather 1-D tensors of different lengths (every rank calls it); concatenated in rank order."""
+def _gather_groups(trainer: pl.Trainer, groups: list[torch.Tensor], device: torch.device) -> list[list[torch.Tensor]]:
+    """Every rank's groups of IoUs (1-D float32 tensors, on the CPU), indexed by rank; every rank calls it.
+    Three small all-gathers: how many groups, their lengths, the IoUs."""
+    lengths = [len(g) for g in groups]
+    values = torch.cat(groups) if groups else torch.zeros(0)
     if trainer.world_size == 1:
-        return local.cpu()
-    strategy = trainer.strategy
-    n = torch.tensor([local.numel()], device=local.device)
-    sizes = strategy.all_gather(n).reshape(-1).tolist()
-    padded = torch.zeros(max(sizes), device=local.device, dtype=local.dtype)
-    padded[: local.numel()] = local
-    everything = strategy.all_gather(padded).reshape(len(sizes), -1).cpu()
-    return torch.cat([everything[r, :s] for r, s in enumerate(sizes)])
+        return [list(torch.split(values.cpu(), lengths))]
+    counts = _all_gather_padded(trainer, torch.tensor([len(groups)], dtype=torch.long, device=device), 1)
+    counts = counts[:, 0].tolist()
+    if max(counts) == 0:
+        return [[] for _ in counts]
+    all_lengths = _all_gather_padded(trainer, torch.tensor(lengths, dtype=torch.long, device=device), max(counts))
+    lengths_by_rank = [all_lengths[r, :c].tolist() for r, c in enumerate(counts)]
+    totals = [sum(ls) for ls in lengths_by_rank]
+    width = max(totals)
+    everything = _all_gather_padded(trainer, values.to(device), width) if width else torch.zeros(len(counts), 0)
+    return [list(torch.split(everything[r, :t], ls)) for r, (t, ls) in enumerate(zip(totals, lengths_by_rank))]
 
+
+def _all_gather_padded(trainer: pl.Trainer, local: torch.Tensor, size: int) -> torch.Tensor:
+    """All-gather a 1-D tensor padded with zeros to ``size``: [world_size, size], on the CPU."""
+    padded = torch.zeros(size, dtype=local.dtype, device=local.device)
+    padded[: local.numel()] = local
+    return trainer.strategy.all_gather(padded).reshape(trainer.world_size, size).cpu()

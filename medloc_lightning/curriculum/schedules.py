@@ -5,9 +5,13 @@ This module is the one place that spells out the paper's symbols.
 - τ: the IoU threshold of the binary reward 1[IoU ≥ τ]; it moves from ``tau_start`` to ``tau_target``. A hit
   is decided in float32 (the IoU and τ both rounded to float32), exactly as `medloc_lightning.rewards` decides
   it, so an IoU that earns the reward is a hit here too, ties included.
+- An observed step is one ``observe`` call: `ThresholdCurriculumCallback` makes one per training batch that
+  ends with an optimizer step, its gradient-accumulation micro-batches pooled. A GRPO batch reused for μ > 1
+  optimizer steps is one observed step, so N and `IntervalSchedule`'s ``every`` count batches there, not
+  optimizer steps.
 - The sliding window W holds the last N = ``window`` entries. What one entry is, is ``window_unit``:
-  - ``"step"`` (default): every IoU of one observed optimizer step, all prompts, completions and ranks
-    pooled. The window spans the last N steps, as the paper's text says.
+  - ``"step"`` (default): every IoU of one observed step, all prompts, completions and ranks pooled. The
+    window spans the last N steps, as the paper's text says.
   - ``"group"``: one prompt's G completions, as the paper's formula indexes the window (one ground-truth
     box b*(t) per entry). A step of B prompts adds B entries, so N counts prompts.
 - Every statistic is taken over the window's entries against the *current* τ:
@@ -137,10 +141,18 @@ def hit_fraction(ious: np.ndarray, tau: float) -> float:
     return float(np.count_nonzero(ious >= np.float32(tau))) / ious.size
 
 
+def _saved_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``state`` was saved with, as `ThresholdSchedule.settings` gives them, older states included:
+    before settings were saved, the window was kept at top level; before ``window_unit`` existed, every window
+    counted steps. A setting named ``tau`` (FixedThreshold's) is the saved τ itself, as ``settings()`` reads it."""
+    older = {k: state[k] for k in ("window", "window_unit") if k in state}
+    return {"window_unit": "step", **(state.get("settings") or older), "tau": state["tau"]}
+
+
 class ThresholdSchedule:
     """Base class: a τ that moves as IoUs are observed, with window statistics for monitoring.
 
-    ``observe(ious, progress)`` takes one optimizer step's IoUs and returns True when τ rose: any shape with
+    ``observe(ious, progress)`` takes one observed step's IoUs and returns True when τ rose: any shape with
     ``window_unit="step"``, groups of one prompt's completions with ``"group"`` (see `as_iou_groups`).
     ``progress`` is the fraction of training done *after* this step, in [0, 1]; only progress-driven
     schedules need it. Baselines keep the same window so their statistics are logged alike.
@@ -209,7 +221,7 @@ class ThresholdSchedule:
         }
 
     def observe(self, ious: Any, progress: float | None = None) -> bool:
-        """Add one optimizer step's IoUs to the window, then update τ; True when τ rose. A failed observation
+        """Add one observed step's IoUs to the window, then update τ; True when τ rose. A failed observation
         (bad IoUs, bad progress, a failing update) records nothing."""
         entries = as_iou_groups(ious) if self.window_unit == "group" else [as_iou_array(ious)]
         progress = None if progress is None else _check_progress(progress)
@@ -240,8 +252,6 @@ class ThresholdSchedule:
             "kind": type(self).__name__,
             "settings": self.settings(),
             "tau": self._tau,
-            "window": self.window,
-            "window_unit": self.window_unit,
             "steps": [a.tolist() for a, _, _ in self._steps],
             "hits": [h for _, h, _ in self._steps],
             "num_steps": self.num_steps,
@@ -252,12 +262,9 @@ class ThresholdSchedule:
     def check_compatible(self, state: dict[str, Any]) -> None:
         """Raise :class:`CurriculumMismatchError` if ``state`` was saved by another kind of schedule or with
         other settings. Settings only one side knows (added after the checkpoint was written) are not compared."""
-        kind, saved = state.get("kind", type(self).__name__), state.get("settings", {})
-        mine = self.settings()
+        kind, saved, mine = state.get("kind", type(self).__name__), _saved_settings(state), self.settings()
         diffs = [f"{k}: saved {saved[k]!r}, configured {mine[k]!r}" for k in sorted(saved.keys() & mine.keys())
                  if saved[k] != mine[k]]
-        if int(state["window"]) != self.window and "window" not in saved:
-            diffs.append(f"window: saved {state['window']!r}, configured {self.window!r}")
         if kind != type(self).__name__ or diffs:
             what = f"a {kind}, the configured schedule is a {type(self).__name__}" if kind != type(self).__name__ \
                 else f"a {kind} with other settings ({'; '.join(diffs)})"
@@ -270,10 +277,6 @@ class ThresholdSchedule:
         """Restore a state saved by :meth:`state_dict`: checked whole (kind, settings, τ, window IoUs) before
         anything changes, so a bad state leaves the schedule as it was."""
         self.check_compatible(state)
-        if state.get("window_unit", "step") != self.window_unit:
-            raise CurriculumMismatchError(f"the saved curriculum state has window_unit "
-                                          f"{state.get('window_unit', 'step')!r}, the configured schedule "
-                                          f"{self.window_unit!r}")
         tau = float(state["tau"])
         problem = None if 0.0 <= tau <= 1.0 else "must be an IoU threshold in [0, 1]"
         problem = problem or self._tau_problem(tau)
@@ -358,12 +361,12 @@ class ThresholdCurriculum(ThresholdSchedule):
         return _outside(tau, self.tau_start, self.tau_target)
 
     @property
-    def progress(self) -> float:
-        """p = (τ − tau_start)/(tau_target − tau_start)."""
+    def tau_progress(self) -> float:
+        """p = (τ − tau_start)/(tau_target − tau_start): how far τ has come, not how far training has."""
         return (self._tau - self.tau_start) / (self.tau_target - self.tau_start)
 
     def _interp(self, pair: tuple[float, float]) -> float:
-        return pair[0] + (pair[1] - pair[0]) * self.progress
+        return pair[0] + (pair[1] - pair[0]) * self.tau_progress
 
     @property
     def stats(self) -> dict[str, float]:
@@ -386,7 +389,7 @@ class ThresholdCurriculum(ThresholdSchedule):
     def _update(self, progress: float | None) -> bool:
         if self._tau >= self.tau_target or not self.window_full or not all(self.ready().values()):
             return False
-        delta = float(self.step(self.num_raises, self.progress))
+        delta = float(self.step(self.num_raises, self.tau_progress))
         if not delta > 0.0:
             raise ValueError(f"step schedule returned a non-positive step {delta!r}")
         drop = max(1, _round_half_up(self.refresh * self.window))
@@ -400,9 +403,6 @@ class FixedThreshold(ThresholdSchedule):
 
     def __init__(self, tau: float = 0.5, window: int = 30, window_unit: WindowUnit = "step") -> None:
         super().__init__(tau, window, window_unit)
-
-    def _tau_problem(self, tau: float) -> str | None:
-        return None if tau == self._tau else f"differs from the fixed tau {self._tau}"
 
 
 class ProgressSchedule(ThresholdSchedule):

@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from medloc_lightning import ThresholdCurriculumCallback
 from medloc_lightning.curriculum import CurriculumMismatchError, FixedThreshold, ProgressSchedule, ThresholdCurriculum
 
-from toy_modules import GaussianBoxRL, ScriptedIoUs, ScriptedModule, dummy_loader, scripted_loader
+from toy_modules import (GaussianBoxRL, IndexedModule, ScriptedIoUs, ScriptedModule, StateTrace, dummy_loader,
+                         scripted_loader)
 
 
 def trainer(tmp_path, max_steps, callbacks, **kw):
@@ -113,6 +114,44 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     assert torch.equal(resumed.w, full.w)
 
 
+def _fit_accumulating(root, ckpt_path=None):
+    # 2 micro-batches per optimizer step, validation (and so a checkpoint) every 3: steps 1, 4, 7 are saved
+    # between the two micro-batches of a step, with IoUs pending
+    cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=3))
+    trace = StateTrace(cb)
+    saver = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, filename="{step}")
+    t = trainer(root, 10, [cb, trace, saver], enable_checkpointing=True, accumulate_grad_batches=2,
+                val_check_interval=3, limit_val_batches=1, num_sanity_val_steps=0)
+    t.fit(IndexedModule(), dummy_loader(20), dummy_loader(1), ckpt_path=ckpt_path,
+          weights_only=True if ckpt_path else None)
+    return trace.states
+
+
+def _saved_mid_accumulation(ckpt_path, accumulate=2):
+    progress = torch.load(ckpt_path, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    return progress["current"]["processed"] % accumulate != 0
+
+
+def test_resume_between_micro_batches_continues_exactly(tmp_path):
+    full = _fit_accumulating(tmp_path / "full")
+    ckpt_path = tmp_path / "full" / "ckpt" / "step=4.ckpt"
+    assert _saved_mid_accumulation(ckpt_path)
+    resumed = _fit_accumulating(tmp_path / "resumed", ckpt_path)
+    assert len(full) == 10 and full[-1]["num_raises"] >= 1
+    assert resumed == full[4:]  # the schedule's whole state after each of steps 5..10
+
+
+def test_a_checkpoint_from_before_pending_by_rank_resumes_exactly(tmp_path):
+    full = _fit_accumulating(tmp_path / "full")
+    ckpt = torch.load(tmp_path / "full" / "ckpt" / "step=4.ckpt", weights_only=True)
+    key = next(k for k in ckpt["callbacks"] if k.startswith("ThresholdCurriculumCallback"))
+    state = ckpt["callbacks"][key]
+    (groups,) = state.pop("pending_by_rank")  # one rank
+    state["pending"] = [torch.stack(groups)]  # as older versions saved it: the micro-batches' IoUs as returned
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    assert _fit_accumulating(tmp_path / "resumed", tmp_path / "older.ckpt") == full[4:]
+
+
 def _resume(root, schedule, ckpt_path, **kw):
     cb = ThresholdCurriculumCallback(schedule, **kw)
     module = ScriptedModule()
@@ -140,16 +179,21 @@ def test_fixed_threshold_baseline_plugs_in(tmp_path):
     assert module.seen_taus == [0.5] * 5
 
 
+def _run_two_ranks(tmp_path, script, *args):
+    """Run ``tests/scripts/<script>`` in 2 DDP processes (gloo, CPU); each rank's JSON dump."""
+    tests, root = Path(__file__).parents[1], Path(__file__).parents[2]  # toy_modules, and this checkout's package
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(root)])}
+    proc = subprocess.run([sys.executable, str(tests / "scripts" / script), str(tmp_path), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("window_unit", ["step", "group"])
 def test_ddp_two_processes_share_tau(tmp_path, window_unit):
-    script = Path(__file__).parents[1] / "scripts" / "ddp_curriculum.py"
-    tests, root = Path(__file__).parents[1], Path(__file__).parents[2]  # toy_modules, and this checkout's package
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests), str(root)])}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), window_unit], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _run_two_ranks(tmp_path, "ddp_curriculum.py", window_unit)
     assert ranks[0]["local"] != ranks[1]["local"]  # the ranks saw different data...
     assert ranks[0]["taus"] == ranks[1]["taus"]  # ...yet hold the same tau at every step
     assert ranks[0]["state"] == ranks[1]["state"]
@@ -160,6 +204,31 @@ def test_ddp_two_processes_share_tau(tmp_path, window_unit):
     assert ref.num_raises >= 1
     if window_unit == "group":
         assert all(len(entry) == 3 for entry in ranks[0]["state"]["steps"])  # whole groups of 3, never split
+
+
+@pytest.mark.slow
+def test_ddp_a_rank_without_groups_still_shares_tau(tmp_path):
+    # rank 1 returns IoUs of shape [0, 3] on every other step (all its prompts rejected): no groups to gather
+    ranks = _run_two_ranks(tmp_path, "ddp_curriculum.py", "group", "--empty-rank")
+    assert [] in ranks[1]["local"] and [] not in ranks[0]["local"]
+    assert ranks[0]["taus"] == ranks[1]["taus"] and ranks[0]["state"] == ranks[1]["state"]
+    ref = ThresholdCurriculum(window=4, window_unit="group")
+    for a, b in zip(ranks[0]["local"], ranks[1]["local"]):
+        ref.observe(a + b)
+    assert ref.state_dict() == ranks[0]["state"] and ref.num_raises >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window_unit", ["step", "group"])
+def test_ddp_resume_between_micro_batches_continues_exactly_on_every_rank(tmp_path, window_unit):
+    # each rank holds its own pending IoUs at the checkpoint; the resumed ranks must go on as the full run did
+    full = _run_two_ranks(tmp_path / "full", "ddp_curriculum_resume.py", window_unit)
+    ckpt_path = tmp_path / "full" / "ckpt" / "step=4.ckpt"
+    assert _saved_mid_accumulation(ckpt_path)
+    resumed = _run_two_ranks(tmp_path / "resumed", "ddp_curriculum_resume.py", window_unit, str(ckpt_path))
+    assert full[0]["states"] == full[1]["states"] and len(full[0]["states"]) == 10
+    assert full[0]["states"][-1]["num_raises"] >= 1
+    assert resumed[0]["states"] == resumed[1]["states"] == full[0]["states"][4:]
 
 
 def test_group_unit_observes_each_steps_rows_as_groups(tmp_path):

@@ -1,6 +1,7 @@
 """One test per rule of MedLoc-R1's curriculum, on scripted IoU streams with hand-computed expectations."""
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -80,6 +81,7 @@ def test_thresholds_interpolate_linearly_in_tau():
     assert c.stats["min_hit_rate"] == pytest.approx(0.8)
     assert c.stats["max_reward_std"] == pytest.approx(0.1)
     c.load_state_dict({**c.state_dict(), "tau": 0.55})  # halfway
+    assert c.tau_progress == pytest.approx(0.5)
     assert c.stats["min_hit_rate"] == pytest.approx(0.7)
     assert c.stats["max_reward_std"] == pytest.approx(0.15)
     c.load_state_dict({**c.state_dict(), "tau": 0.8})
@@ -312,6 +314,50 @@ def test_a_state_without_settings_or_with_unknown_settings_still_loads():
         b = ThresholdCurriculum(window=4)
         b.load_state_dict(saved)
         assert b.stats == a.stats
+
+
+def _as_older_versions_saved_it(state, window_unit=True):
+    """``state`` as versions before the kind and settings were saved wrote it: window (and window_unit) at top level;
+    the first versions had no window_unit (every window counted steps) and no hits."""
+    older = {k: v for k, v in state.items() if k not in ("kind", "settings")}
+    older["window"] = state["settings"]["window"]
+    if window_unit:
+        older["window_unit"] = state["settings"]["window_unit"]
+    else:
+        del older["hits"]
+    return older
+
+
+RESET_HINT = r"reset the curriculum explicitly \(ThresholdCurriculumCallback\(reset_on_mismatch=True\)\)"
+
+
+@pytest.mark.parametrize("window_unit", [True, False])
+def test_states_from_older_versions_load_and_are_checked_alike(window_unit):
+    a = _trained()
+    older = _as_older_versions_saved_it(a.state_dict(), window_unit)
+    b = make()
+    b.load_state_dict(older)
+    assert b.stats == a.stats and b.events == a.events
+    for other, match in ((make(window=5), "window: saved 4, configured 5"),
+                         (make(window_unit="group"), "window_unit: saved 'step', configured 'group'")):
+        with pytest.raises(CurriculumMismatchError, match=match) as err:
+            other.load_state_dict(older)
+        assert re.search(RESET_HINT, str(err.value))
+
+
+@pytest.mark.parametrize("saved,configured,match", [
+    (make(window_unit="group"), make(), "window_unit: saved 'group', configured 'step'"),
+    (FixedThreshold(0.6, window=4), FixedThreshold(0.5, window=4), "tau: saved 0.6, configured 0.5"),
+])
+@pytest.mark.parametrize("older", [False, True])
+def test_every_mismatch_is_a_curriculum_mismatch_that_names_the_reset(saved, configured, match, older):
+    state = saved.state_dict()
+    state = _as_older_versions_saved_it(state) if older else state
+    before = configured.state_dict()
+    with pytest.raises(CurriculumMismatchError, match=match) as err:
+        configured.load_state_dict(state)
+    assert re.search(RESET_HINT, str(err.value))
+    assert configured.state_dict() == before
 
 
 @pytest.mark.parametrize("change,match", [

@@ -1,6 +1,8 @@
 """Run by tests/callbacks/test_curriculum.py: 2-process DDP (gloo, CPU); each rank dumps what it saw and its curriculum.
 
-Usage: ddp_curriculum.py OUT [WINDOW_UNIT]. With "group", each rank's step is 2 groups of 3 IoUs.
+Usage: ddp_curriculum.py OUT [WINDOW_UNIT] [--empty-rank]. With "group", each rank's step is 2 groups of 3 IoUs.
+With --empty-rank, rank 1 returns no groups (IoUs of shape [0, 3]) on every other step, as a rank whose prompts
+were all rejected does.
 """
 import json
 import sys
@@ -17,20 +19,23 @@ from medloc_lightning.curriculum import ThresholdCurriculum
 
 
 class Recording(ScriptedModule):
-    def __init__(self):
+    def __init__(self, empty_rank: bool = False):
         super().__init__()
         self.local: list[list[float]] = []
+        self.empty_rank = empty_rank
 
     def training_step(self, batch, batch_idx):
         out = super().training_step(batch, batch_idx)
-        self.local.append(batch.tolist())
+        if self.empty_rank and self.global_rank == 1 and batch_idx % 2:
+            out["ious"] = batch.new_zeros(0, batch.shape[-1])
+        self.local.append(out["ious"].tolist())
         return out
 
 
-def main(out: Path, window_unit: str) -> None:
+def main(out: Path, window_unit: str, empty_rank: bool = False) -> None:
     torch.set_num_threads(1)
     cb = ThresholdCurriculumCallback(ThresholdCurriculum(window=4, window_unit=window_unit))
-    module = Recording()
+    module = Recording(empty_rank)
     batch_size = 2 if window_unit == "group" else 1
     loader = torch.utils.data.DataLoader(ScriptedIoUs(n=24 * batch_size, per_item=3), batch_size=batch_size,
                                          shuffle=False)
@@ -44,4 +49,4 @@ def main(out: Path, window_unit: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "step")
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "step", "--empty-rank" in sys.argv[3:])
