@@ -26,7 +26,7 @@ THRESHOLDS = {  # series -> (the check it enters, the schedule's stat that bound
 
 
 class CurriculumPlotCallback(pl.Callback):
-    """Record the curriculum's window statistics after every optimizer step and plot them at the end.
+    """Record the curriculum's window statistics once per training batch and plot them at the end.
 
     The values are taken before each training batch (so after the previous step's ``observe``, whatever the
     callbacks' order) and once more at the end. A JSON copy of the series sits next to the PNG.
