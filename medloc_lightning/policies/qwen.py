@@ -33,7 +33,7 @@ from medloc_lightning.policies.qwen_batch import (
     token_logprobs,
 )
 from medloc_lightning.policies.qwen_loading import (
-    QUANTIZATION_MODES,
+    check_quantization,
     DTypeName,
     Quantization,
     adapter_base,
@@ -49,6 +49,7 @@ from medloc_lightning.policies.qwen_loading import (
     wrap_classes,
 )
 from medloc_lightning.policies.qwen_prefill import (
+    base_model,
     caches_through_backward,
     generate_with_shared_prefill,
     score_with_shared_prefill,
@@ -373,8 +374,7 @@ class QwenVLPolicy(GroundingPolicy):
         """
         if self._shares_prefill(len(prompt_index) / max(len(set(prompt_index)), 1), model):
             return score_with_shared_prefill(model, prompts, prompt_index, completion_ids, mask, temperature)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        shared = not self.sharding.sharded and _accepts_encoder_outputs(type(base))
+        shared = not self.sharding.sharded and _accepts_encoder_outputs(type(base_model(model)))
         inputs = append_completions(select_prompts(prompts, prompt_index, pixels=not shared), completion_ids, mask)
         if shared:
             inputs["mm_encoder_outputs"] = {"image": shared_image_features(model, prompts, prompt_index)}
@@ -466,7 +466,7 @@ class QwenVLPolicy(GroundingPolicy):
                 raise ValueError("merge_adapter=True needs an unquantized model: merge the exported adapter "
                                  "into a bf16 load of the base model instead (see docs/qwen.md)")
             model = copy.deepcopy(model).merge_and_unload()
-        target = model.get_base_model() if hasattr(model, "get_base_model") else model
+        target = base_model(model)
         current = target.generation_config
         target.generation_config = self._hub_generation_config
         try:
@@ -499,8 +499,7 @@ def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r:
 
 
 def _check_quantization(quantization: str | None, *, trains_adapter: bool) -> None:
-    if quantization is not None and quantization not in QUANTIZATION_MODES:
-        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+    check_quantization(quantization)
     if quantization is not None and not trains_adapter:
         raise ValueError("quantized weights cannot be fine-tuned directly: set lora_r > 0 or lora (QLoRA)")
 

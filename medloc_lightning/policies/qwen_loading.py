@@ -67,12 +67,17 @@ def resolve_dtype(dtype: DTypeName) -> torch.dtype | str:
         raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}") from None
 
 
+def check_quantization(mode: str | None) -> None:
+    """Fail early, before any weights load, on a quantization mode we do not know."""
+    if mode is not None and mode not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {mode!r}")
+
+
 def quantization_config(mode: Quantization | None, compute_dtype: torch.dtype | str) -> Any:
     """A ``BitsAndBytesConfig`` for ``"4bit"`` (nf4, double quant) or ``"8bit"``; None when ``mode`` is None."""
+    check_quantization(mode)
     if mode is None:
         return None
-    if mode not in QUANTIZATION_MODES:
-        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {mode!r}")
     from transformers import BitsAndBytesConfig
 
     if mode == "8bit":
@@ -188,7 +193,8 @@ def enable_gradient_checkpointing(model: nn.Module, *, with_adapter: bool) -> No
         model.enable_input_require_grads()
 
 
-def _dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
+def dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
+    """Every dropout layer, and every attention module with a dropout rate (whatever their current rate)."""
     for module in model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd) or getattr(module, "attention_dropout", 0.0):
             yield module
@@ -204,7 +210,7 @@ def train_mode_without_dropout(model: nn.Module) -> Iterator[None]:
     """
     modes = {module: module.training for module in model.modules()}
     model.train()
-    for module in _dropout_modules(model):
+    for module in dropout_modules(model):
         module.training = False  # this module only: its children (bnb Linear4bit) stay in train mode
     try:
         yield

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from medloc_lightning.policies.qwen_batch import select_images, token_logprobs
+from medloc_lightning.policies.qwen_loading import dropout_modules
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -101,11 +102,6 @@ def caches_through_backward(model: nn.Module) -> bool:
     """Whether a gradient pass may reuse a shared prompt cache: no activation checkpointing (transformers
     drops the cache in checkpointed layers) and no active dropout (the plain path draws a dropout mask per
     row; a shared prompt would share one)."""
-    for module in model.modules():
-        if getattr(module, "gradient_checkpointing", False):
-            return False
-        if module.training and isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
-            return False
-        if module.training and getattr(module, "attention_dropout", 0.0):
-            return False
-    return True
+    if any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
+        return False
+    return not any(module.training and getattr(module, "p", 1.0) > 0 for module in dropout_modules(model))
