@@ -1,8 +1,8 @@
 """How `medloc` and `medloc-data` end on a user error: one ``PROG: error: ...`` line, not pages of traceback.
 
-A user error is a ``ValueError`` or ``FileNotFoundError`` raised by medloc's own checks (its innermost frame
-is in this package), found anywhere in the chain of exceptions (jsonargparse wraps the errors of the classes
-it builds). Anything else keeps its traceback, and so does every error when ``MEDLOC_TRACEBACK=1``.
+A user error is a `medloc_lightning.errors.MedlocError`, or a ``ValueError`` or ``FileNotFoundError`` raised by
+medloc's own checks (its innermost frame is in this package), found anywhere in the chain of exceptions
+(jsonargparse wraps the errors of the classes it builds). Anything else keeps its traceback, and so does every error when ``MEDLOC_TRACEBACK=1``.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import os
 import sys
 import traceback
 from typing import Callable, TypeVar
+
+from medloc_lightning.errors import MedlocError
 
 TRACEBACK_ENV = "MEDLOC_TRACEBACK"
 USER_ERRORS = (ValueError, FileNotFoundError)
@@ -24,6 +26,8 @@ def find_user_error(err: BaseException | None) -> BaseException | None:
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         frames = traceback.extract_tb(err.__traceback__)
+        if isinstance(err, MedlocError):
+            return err
         if isinstance(err, USER_ERRORS) and frames and os.path.abspath(frames[-1].filename).startswith(_PACKAGE):
             return err
         err = err.__cause__ or err.__context__

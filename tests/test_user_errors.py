@@ -86,3 +86,19 @@ def test_medloc_user_errors_end_in_one_line(extra, message, tmp_path, monkeypatc
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_medloc_error_is_a_user_error_wherever_it_was_raised():
+    from medloc_lightning.errors import ConfigError, MedlocError
+
+    err = ConfigError("--data.batch_size must be >= 1, got 0")
+    assert isinstance(err, ValueError)
+    assert find_user_error(err) is err  # raised outside this package's frames, still ours by type
+    try:
+        try:
+            raise err
+        except ConfigError as inner:
+            raise RuntimeError("wrapped by a library") from inner
+    except RuntimeError as outer:
+        assert find_user_error(outer) is err
+    assert find_user_error(RuntimeError("x")) is None and issubclass(ConfigError, MedlocError)
