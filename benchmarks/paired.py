@@ -9,6 +9,7 @@ one draw picks seeds and images with replacement and both methods are read at th
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -52,14 +53,22 @@ def paired_difference(a: Any, b: Any, metric: str, n_boot: int = 10_000, seed: i
         raise ValueError(f"paired IoUs must have one shape [seeds, images], got {a.shape} and {b.shape}")
     d = image_scores(a, metric) - image_scores(b, metric)
     seeds, images = d.shape
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=n_boot)  # [B, S] how often each seed is drawn
-    v = rng.multinomial(images, np.full(images, 1.0 / images), size=n_boot)  # [B, I] the same for images
+    w, v = _draws(seeds, images, n_boot, seed)
     boot = (w * (v @ d.T)).sum(1) / (seeds * images)
     tail = (1.0 - level) / 2
     lo, hi = (float(q) for q in np.quantile(boot, [tail, 1.0 - tail]))
     return {"diff": float(d.mean()), "lo": lo, "hi": hi, "verdict": verdict(lo, hi), "seeds": seeds,
             "images": images, "seeds_better": int((d.mean(1) > 0).sum())}
+
+
+@functools.lru_cache(maxsize=4)
+def _draws(seeds: int, images: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each seed [B, S] and each image [B, I] is drawn in each of ``n_boot`` resamples (the same
+    draws for every comparison of the same shape, so every pair is resampled alike)."""
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=n_boot).astype(np.float64)
+    v = rng.multinomial(images, np.full(images, 1.0 / images), size=n_boot).astype(np.float64)
+    return w, v
 
 
 def signal_fractions(quarters: Sequence[Mapping[str, int]]) -> dict[str, Any]:
