@@ -81,6 +81,13 @@ def test_claims_read_agrees_disagrees_not_detectable_and_untested(grid) -> None:
     assert "(vs fixed τ 0.4)" in tuned
 
 
+def test_the_metrics_table_gives_the_sample_std_over_seeds(grid) -> None:
+    results = {"runs": [_run("medloc", s, {"heldout": [v] * 4}) for s, v in enumerate((0.6, 0.7, 0.8))]}
+    row = grid.table_metrics(results, "heldout").splitlines()[2]
+    # per seed: Acc@0.75 0/0/100, pseudo-mAP 30/50/70 (3, 5, 7 of the 10 thresholds), mIoU 60/70/80
+    assert row.startswith("| MedLoc-R1, the paper's gates | 3 | 100.0 ± 0.0 | 33.3 ± 57.7 | 50.0 ± 20.0 | 70.0 ± 10.0 |")
+
+
 RESULTS = [BENCH / "results" / f"qwen_grid_{preset}.json" for preset in ("single", "small")]
 
 

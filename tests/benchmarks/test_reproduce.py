@@ -115,15 +115,3 @@ def test_merge_replaces_the_rerun_runs_and_keeps_the_rest(reproduce, tmp_path) -
     other = {**new, "regimes": {**new["regimes"], "prior": {**new["regimes"]["prior"], "learning_rate": 0.005}}}
     with pytest.raises(SystemExit, match="differs"):
         reproduce.merge(saved, other)
-
-
-def test_the_qwen_comparison_reports_the_same_sample_std() -> None:
-    spec = importlib.util.spec_from_file_location("qwen_comparison", SCRIPT.parent / "qwen_comparison.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    runs = [{"method": "medloc", "seed": s, "test": {m: v for m in module.METRICS}, "zero_std_early": v,
-             "all_fail_early": math.nan if s == 0 else v, "num_raises": 2, "final_tau": 0.55}
-            for s, v in enumerate((0.6, 0.7, 0.8))]
-    row = module.report(runs).splitlines()[2]
-    assert row.count(f"70.0 ± {100 * statistics.stdev([0.6, 0.7, 0.8]):.1f}") == 5  # 10.0, not pstdev's 8.2
-    assert "75.0 ± 7.1" in row  # the NaN left out
