@@ -110,7 +110,7 @@ def resolve_model_dir(model_dir: str | None, cache_dir: str) -> tuple[str, str]:
     shipped = shipped_path(SHIPPED_PRIOR)
     if (shipped / "config.json").is_file():
         return str(shipped), "shipped prior"
-    from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+    from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
 
     return str(tiny_qwen_path(cache_dir=cache_dir, **PRIOR_DIMS, min_pixels=84 * 84, max_pixels=84 * 84)), \
         "random stand-in with the prior's dimensions (shipped prior absent: rewards will be zero)"

@@ -65,7 +65,7 @@ def run_ours(s: BenchSettings, prefill_once: bool = True) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from medloc_lightning.policies import qwen_prefill
+    from medloc_lightning.policies.qwen import prefill as qwen_prefill
 
     sync = cuda_sync(s.device)
     recorder = StepRecorder(s.warmup, sync)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings_used: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="gpu-grpo-bench-") as tmp:
         from _grpo_bench_models import build_qwen2_5_vl_3b, parameter_count
-        from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+        from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
 
         pixels = args.max_pixels or args.image_size ** 2
         models = [("tiny", lambda: tiny_qwen_path(cache_dir=tmp, max_pixels=max(pixels, 56 * 56)))]

@@ -68,7 +68,7 @@ def dims_of(model: Any) -> ModelDims:
 def score(model: Any, ids: Any, new_tokens: int) -> Any:
     """The policy's teacher-forced log-prob pass on text-only rows: logits of the last ``new_tokens`` + 1
     positions, log-softmax in float32 one row at a time (`token_logprobs`)."""
-    from medloc_lightning.policies.qwen_batch import token_logprobs
+    from medloc_lightning.policies.qwen.batch import token_logprobs
 
     logits = model(input_ids=ids, use_cache=False, logits_to_keep=new_tokens + 1).logits[:, :-1]
     return token_logprobs(logits, ids[:, -new_tokens:], 1.0)
@@ -97,7 +97,7 @@ def build_from_config(text: dict[str, Any], dtype: Any) -> Any:
 def check_shape(shape: dict[str, int], rows: int, length: int, new_tokens: int) -> list[dict[str, Any]]:
     import torch
 
-    from medloc_lightning.policies.qwen_loading import apply_lora, lora_config, enable_gradient_checkpointing
+    from medloc_lightning.policies.qwen.loading import apply_lora, lora_config, enable_gradient_checkpointing
 
     out: list[dict[str, Any]] = []
     name = "h{hidden_size} L{num_hidden_layers} heads {num_attention_heads}/{num_key_value_heads}".format(**shape) \

@@ -209,7 +209,7 @@ def build_qwen_grounding_prior(
     from medloc_lightning.data import SyntheticDataModule
     from medloc_lightning.module import SFTGroundingModule
     from medloc_lightning.policies.qwen import QwenVLPolicy
-    from medloc_lightning.policies.qwen_tiny import build_tiny_qwen2_5_vl
+    from medloc_lightning.policies.qwen.tiny import build_tiny_qwen2_5_vl
 
     started = time.time()
     work, out = Path(work_dir), Path(out_dir)
@@ -252,7 +252,7 @@ def build_qwen_grounding_prior(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m medloc_lightning.prior --out DIR [...]``: build the tiny Qwen2.5-VL grounding prior."""
-    from medloc_lightning.policies.qwen_tiny import add_dimension_arguments, dimensions_from_args
+    from medloc_lightning.policies.qwen.tiny import add_dimension_arguments, dimensions_from_args
 
     parser = argparse.ArgumentParser(description="Build a tiny Qwen2.5-VL grounding prior by SFT on synthetic "
                                                  "source images, and report it on the target presets.")

@@ -125,7 +125,7 @@ def test_medloc_fit_refuses_a_malicious_local_checkpoint(tmp_path, monkeypatch, 
 
 
 def test_box_policy_export_refuses_a_malicious_weights_file(tmp_path):
-    from medloc_lightning.policies.box import WEIGHTS_FILE, BoxPolicy
+    from medloc_lightning.policies.box.policy import WEIGHTS_FILE, BoxPolicy
 
     BoxPolicy(image_size=32).export(str(tmp_path / "box"))
     marker = tmp_path / "marker"

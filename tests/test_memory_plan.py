@@ -49,7 +49,7 @@ def test_parameter_counts_match_the_built_architecture(name: str) -> None:
 def test_lora_parameter_count_matches_peft() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from medloc_lightning.policies.qwen_loading import apply_lora, lora_config
+    from medloc_lightning.policies.qwen.loading import apply_lora, lora_config
 
     dims = plan.ModelDims("tiny", hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=300, tied=False,
                           vision_hidden=64, vision_depth=1, vision_intermediate=128)

@@ -39,7 +39,7 @@ def prior() -> QwenVLPolicy:
 def test_the_shipped_folder_loads_with_the_stock_classes_and_is_small() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
 
     path = shipped_path(NAME)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)

@@ -330,8 +330,8 @@ def test_inside_trl_only_training_rollouts_are_observed(tmp_path) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from medloc_lightning.parsing import build_prompt
-    from medloc_lightning.policies.qwen_processor import load_processor
-    from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+    from medloc_lightning.policies.qwen.processor import load_processor
+    from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
     from medloc_lightning.rewards import TRLRewardFunction
 
     model_dir = str(tiny_qwen_path(tmp_path / "model"))

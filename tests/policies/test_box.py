@@ -26,10 +26,10 @@ from medloc_lightning.grpo import group_advantages, grpo_loss
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.parsing import has_valid_format, parse_box
 from medloc_lightning.policies import GroundingPolicy, Rollout, gt_boxes
-from medloc_lightning.policies.box import BoxPolicy, boxes_to_params, params_to_boxes, pixel_boxes
-from medloc_lightning.policies.box_mixture import (component_std, mixture_log_weights, mixture_logprob,
+from medloc_lightning.policies.box.policy import BoxPolicy, boxes_to_params, params_to_boxes, pixel_boxes
+from medloc_lightning.policies.box.mixture import (component_std, mixture_log_weights, mixture_logprob,
                                                    sample_mixture)
-from medloc_lightning.policies.box_net import MIN_SIZE, PATCH, patchify, query_ids, query_tokens
+from medloc_lightning.policies.box.net import MIN_SIZE, PATCH, patchify, query_ids, query_tokens
 from medloc_lightning.rewards import GroundingReward
 
 SMALL = dict(image_size=64, channels=16, query_dim=32, vocab_buckets=512)

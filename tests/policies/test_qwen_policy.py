@@ -18,9 +18,9 @@ from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, build_prompt, form
 from medloc_lightning.policies import GroundingPolicy, Rollout
 from medloc_lightning.policies.base import Sharding
 from medloc_lightning.policies.qwen import QwenVLPolicy
-from medloc_lightning.policies.qwen_batch import append_completions, select_prompts, token_logprobs
-from medloc_lightning.policies.qwen_loading import train_mode_without_dropout, vision_tower
-from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
+from medloc_lightning.policies.qwen.batch import append_completions, select_prompts, token_logprobs
+from medloc_lightning.policies.qwen.loading import train_mode_without_dropout, vision_tower
+from medloc_lightning.policies.qwen.processor import VISION_SPECIAL_TOKENS, load_processor
 
 MAX_PIXELS = 224 * 224
 SIZES = ((64, 48), (40, 90), (32, 32))
@@ -490,7 +490,7 @@ def test_predict_in_eval_mode_restores_modes(policy: QwenVLPolicy) -> None:
 
 
 def test_tiny_model_name_builds_the_offline_model(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medloc_lightning.policies.qwen_tiny import CACHE_ENV, TINY_QWEN_NAME
+    from medloc_lightning.policies.qwen.tiny import CACHE_ENV, TINY_QWEN_NAME
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     policy = QwenVLPolicy(TINY_QWEN_NAME, max_pixels=MAX_PIXELS)

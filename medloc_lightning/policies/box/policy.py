@@ -30,9 +30,9 @@ from medloc_lightning.checkpoints import load_checkpoint
 from medloc_lightning.parsing import format_answer
 from medloc_lightning.policies.base import (GroundingPolicy, Record, Rollout, describe_record, gt_boxes,
                                             record_image, record_size)
-from medloc_lightning.policies.box_mixture import (component_std, mixture_log_weights, mixture_logprob,
+from medloc_lightning.policies.box.mixture import (component_std, mixture_log_weights, mixture_logprob,
                                                    sample_mixture)
-from medloc_lightning.policies.box_net import (LOG_MIN_SIZE, MIN_SIZE, STRIDE, BoxNet, Proposals, pack_queries,
+from medloc_lightning.policies.box.net import (LOG_MIN_SIZE, MIN_SIZE, STRIDE, BoxNet, Proposals, pack_queries,
                                                patchify)
 
 __all__ = ["BoxPolicy", "BoxRolloutState", "boxes_to_params", "params_to_boxes", "pixel_boxes"]

@@ -25,14 +25,14 @@ from torch import Tensor, nn
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, parse_box
 from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding
-from medloc_lightning.policies.qwen_batch import (
+from medloc_lightning.policies.qwen.batch import (
     append_completions,
     shared_image_features,
     completion_mask,
     select_prompts,
     token_logprobs,
 )
-from medloc_lightning.policies.qwen_loading import (
+from medloc_lightning.policies.qwen.loading import (
     check_quantization,
     DTypeName,
     Quantization,
@@ -48,14 +48,14 @@ from medloc_lightning.policies.qwen_loading import (
     vision_tower,
     wrap_classes,
 )
-from medloc_lightning.policies.qwen_prefill import (
+from medloc_lightning.policies.qwen.prefill import (
     base_model,
     caches_through_backward,
     generate_with_shared_prefill,
     score_with_shared_prefill,
 )
-from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
-from medloc_lightning.policies.qwen_prompts import EncodedPrompts, encode_prompts, prompt_text
+from medloc_lightning.policies.qwen.processor import VISION_SPECIAL_TOKENS, load_processor
+from medloc_lightning.policies.qwen.prompts import EncodedPrompts, encode_prompts, prompt_text
 
 if TYPE_CHECKING:  # jsonargparse resolves it for the CLI; importing peft here would load bitsandbytes
     from peft import LoraConfig

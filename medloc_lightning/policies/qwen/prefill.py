@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from medloc_lightning.policies.qwen_batch import select_images, token_logprobs
-from medloc_lightning.policies.qwen_loading import dropout_modules
+from medloc_lightning.policies.qwen.batch import select_images, token_logprobs
+from medloc_lightning.policies.qwen.loading import dropout_modules
 
 
 def base_model(model: nn.Module) -> nn.Module:

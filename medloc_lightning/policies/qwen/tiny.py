@@ -5,7 +5,7 @@ BPE tokenizer trained here that carries Qwen's special tokens and covers the pro
 Qwen-style chat template and an image-only processor. It loads with the stock
 ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` and with `ImageOnlyQwen2_5_VLProcessor`.
 
-Run ``python -m medloc_lightning.policies.qwen_tiny OUT_DIR`` to write one, or pass the name `TINY_QWEN_NAME` as
+Run ``python -m medloc_lightning.policies.qwen.tiny OUT_DIR`` to write one, or pass the name `TINY_QWEN_NAME` as
 ``model_name_or_path`` to `QwenVLPolicy` (the smoke config does) to build one on the fly.
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ def build_tiny_qwen2_5_vl(
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
 
     _check_dims(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, vision_hidden=vision_hidden,
                 vision_depth=vision_depth, vision_heads=vision_heads,
@@ -255,7 +255,7 @@ def dimensions_from_args(args: argparse.Namespace) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m medloc_lightning.policies.qwen_tiny OUT_DIR [--hidden N --layers N ...]``: write a tiny
+    """``python -m medloc_lightning.policies.qwen.tiny OUT_DIR [--hidden N --layers N ...]``: write a tiny
     random-weight model folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")

@@ -35,7 +35,7 @@ def resolve_model_name(name: str) -> str:
     `medloc_lightning.pretrained.SHIPPED` are folders shipped with the package.
     """
     from medloc_lightning.pretrained import SHIPPED, shipped_path
-    from medloc_lightning.policies.qwen_tiny import TINY_QWEN_NAME, tiny_qwen_path
+    from medloc_lightning.policies.qwen.tiny import TINY_QWEN_NAME, tiny_qwen_path
 
     if not name.startswith("medloc:"):
         return name
