@@ -20,8 +20,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.callbacks.progress import use_step_progress_bar
-from medloc_lightning.checkpoint_io import AtomicCheckpointIO
-from medloc_lightning.checkpoints import load_checkpoint, verify_checkpoint
+from medloc_lightning.checkpointing.plugin import AtomicCheckpointIO
+from medloc_lightning.checkpointing.loading import load_checkpoint, verify_checkpoint
 from medloc_lightning.module import GroundingModule
 from medloc_lightning.user_errors import report_user_errors
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from medloc_lightning.checkpoints import load_checkpoint
+from medloc_lightning.checkpointing.loading import load_checkpoint
 
 PRIOR_PROMPT_TEMPLATE = "{query} Output the final answer in <answer> </answer> tags in JSON format."
 """The prior's prompt: the VLM-R1 answer format without the request to think first (SFT answers hold no

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from medloc_lightning.atomic import write_text
+from medloc_lightning.checkpointing.atomic import write_text
 from medloc_lightning.data.images import image_size
 from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
 

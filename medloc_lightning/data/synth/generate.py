@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medloc_lightning.atomic import write_text
+from medloc_lightning.checkpointing.atomic import write_text
 from medloc_lightning.data.converters.common import write_jsonl
 from medloc_lightning.data.synth.draw import to_uint8
 from medloc_lightning.data.synth.query import choose_referent, measure, phrase

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from medloc_lightning.checkpoints import load_checkpoint
+from medloc_lightning.checkpointing.loading import load_checkpoint
 from medloc_lightning.parsing import format_answer
 from medloc_lightning.policies.base import (GroundingPolicy, Record, Rollout, describe_record, gt_boxes,
                                             record_image, record_size)

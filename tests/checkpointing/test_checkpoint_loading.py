@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medloc_lightning.checkpoint_io import AtomicCheckpointIO
-from medloc_lightning.checkpoints import UnsafeCheckpointError, load_checkpoint, verify_checkpoint
+from medloc_lightning.checkpointing.plugin import AtomicCheckpointIO
+from medloc_lightning.checkpointing.loading import UnsafeCheckpointError, load_checkpoint, verify_checkpoint
 from medloc_lightning.cli import main
 
-SMOKE = Path(__file__).parents[1] / "configs" / "tiny_smoke.yaml"
+SMOKE = Path(__file__).parents[2] / "configs" / "tiny_smoke.yaml"
 
 
 class Payload:

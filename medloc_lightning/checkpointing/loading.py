@@ -3,7 +3,7 @@
 A checkpoint is a pickle, and unpickling can run any code the file names. Every checkpoint medloc reads
 (``--ckpt_path`` of fit/validate/test/predict, ``export``, the warm start, BoxPolicy exports) goes through
 :func:`load_checkpoint` or :func:`verify_checkpoint`, which let torch build tensors and plain containers
-only, whatever torch's own default. No Lightning here; the Lightning plugin is `medloc_lightning.checkpoint_io`.
+only, whatever torch's own default. No Lightning here; the Lightning plugin is `medloc_lightning.checkpointing.plugin`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Checkpoint files: atomic writes, ``weights_only=True`` reads, and the Lightning plugin that does both."""
