@@ -33,7 +33,7 @@ from medloc_lightning.curriculum import ThresholdSchedule
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.rewards import GroundingReward
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 """The repository's configs folder: the lab reads its methods there (it ships with the source, not the wheel)."""
 RECIPE = "medloc_qwen2_5_vl_3b.yaml"
 SAME_AS_RECIPE = ("refresh_half", "step_piecewise")
