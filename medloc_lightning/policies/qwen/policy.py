@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from medloc_lightning import distributed
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, parse_box
 from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding
@@ -293,11 +294,7 @@ class QwenVLPolicy(GroundingPolicy):
     def _every_rank_generates(self, has_prompts: bool) -> bool:
         """Whether every rank has a prompt to generate from. Sharded ranks must enter ``generate`` together (its
         forwards all-gather the weights), so when one has none, none generates."""
-        if not self.sharding.synced_generation or not torch.distributed.is_initialized():
-            return has_prompts
-        flag = torch.tensor([float(has_prompts)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item() > 0)
+        return distributed.all_ranks(has_prompts) if self.sharding.synced_generation else has_prompts
 
     def _shares_prefill(self, rows_per_prompt: float, model: nn.Module | None = None) -> bool:
         """Whether to prefill each prompt once for its rows: on by ``prefill_once`` when prompts repeat and the
