@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from medloc_lightning.boxes import ImageGeometry, box_iou
 from medloc_lightning.parsing import format_answer
+from medloc_lightning.integrations.trl import TRLRewardFunction
 from medloc_lightning.rewards import (
     GroundingReward,
-    TRLRewardFunction,
     blended_reward,
     format_reward,
     gated_iou_reward,
@@ -332,7 +332,6 @@ def test_inside_trl_only_training_rollouts_are_observed(tmp_path) -> None:
     from medloc_lightning.parsing import build_prompt
     from medloc_lightning.policies.qwen.processor import load_processor
     from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
-    from medloc_lightning.rewards import TRLRewardFunction
 
     model_dir = str(tiny_qwen_path(tmp_path / "model"))
     rng = np.random.default_rng(0)
