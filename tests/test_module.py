@@ -315,3 +315,13 @@ def test_a_decaying_schedule_needs_a_run_with_an_end():
     module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4, lr_schedule="cosine")
     with pytest.raises(ValueError, match="max_steps or trainer.max_epochs"):
         fit(module, square_records(2), -1, max_epochs=-1)
+
+
+def test_a_rank_without_rows_still_gets_its_empty_old_and_reference_logprobs():
+    """Under DDP a rank whose prompts were all rejected runs only padding passes ([None, None]: another rank has two
+    chunks); its no-grad log-probs are then an empty [0, T] tensor, not an error."""
+    from medloc_lightning.policies.base import Rollout
+
+    module = GRPOGroundingModule(ScriptedPolicy(ANSWERS), num_generations=4)
+    empty = Rollout(num_generations=4, texts=[], boxes=torch.zeros(0, 4), mask=torch.zeros(0, 3))
+    assert module._logprobs_no_grad(empty, [None, None], reference=False).shape == (0, 3)
