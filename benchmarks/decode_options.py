@@ -60,7 +60,7 @@ def generator(policy: Any, prompts: dict[str, Any], s: BenchSettings, option: st
     """A function of the seed that runs one rollout ``generate`` with ``option``; returns the sequences."""
     import torch
 
-    from medloc_lightning.policies.qwen.loading import train_mode_without_dropout
+    from medloc_lightning.policies.qwen.model import train_mode_without_dropout
     from medloc_lightning.policies.qwen.prefill import generate_with_shared_prefill
 
     config = policy.generation_config(do_sample=True, temperature=s.temperature, num_return_sequences=s.generations)
@@ -99,7 +99,7 @@ def python_calls_by_file(run: Callable[[int], Any], tokens: int) -> dict[str, fl
 
 def processors(policy: Any, run: Callable[[int], Any]) -> dict[str, list[str]]:
     """The logits processors and stopping criteria ``generate`` builds from our config (recorded in a run)."""
-    from medloc_lightning.policies.qwen.prefill import base_model
+    from medloc_lightning.policies.qwen.model import base_model
 
     model = base_model(policy.model)
     seen: dict[str, list[str]] = {}

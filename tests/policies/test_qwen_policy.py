@@ -19,7 +19,8 @@ from medloc_lightning.policies import GroundingPolicy, Rollout
 from medloc_lightning.policies.base import Sharding
 from medloc_lightning.policies.qwen import QwenVLPolicy
 from medloc_lightning.policies.qwen.batch import append_completions, select_prompts, token_logprobs
-from medloc_lightning.policies.qwen.loading import train_mode_without_dropout, vision_tower
+from medloc_lightning.policies.qwen.loading import vision_tower
+from medloc_lightning.policies.qwen.model import train_mode_without_dropout
 from medloc_lightning.policies.qwen.processor import VISION_SPECIAL_TOKENS, load_processor
 
 MAX_PIXELS = 224 * 224

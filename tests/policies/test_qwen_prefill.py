@@ -13,7 +13,7 @@ from medloc_lightning.policies.qwen import prefill as qwen_prefill
 from medloc_lightning.policies.base import Sharding
 from medloc_lightning.policies.qwen import QwenVLPolicy
 from medloc_lightning.policies.qwen.batch import append_completions, completion_mask, select_prompts
-from medloc_lightning.policies.qwen.loading import train_mode_without_dropout
+from medloc_lightning.policies.qwen.model import train_mode_without_dropout
 
 SIZES = ((64, 48), (40, 90), (32, 32), (84, 84))  # different image-token counts: left padding differs per row
 

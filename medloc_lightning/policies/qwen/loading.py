@@ -191,30 +191,3 @@ def enable_gradient_checkpointing(model: nn.Module, *, with_adapter: bool) -> No
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if with_adapter:
         model.enable_input_require_grads()
-
-
-def dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
-    """Every dropout layer, and every attention module with a dropout rate (whatever their current rate)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) or getattr(module, "attention_dropout", 0.0):
-            yield module
-
-
-@contextlib.contextmanager
-def train_mode_without_dropout(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in train mode with every dropout off, then restore each module's own mode.
-
-    bitsandbytes repacks 4-bit weights for inference on the first eval-mode forward on CPU, and the next
-    training forward then fails; in train mode it never repacks. Dropout (peft's LoRA dropout, attention
-    dropout) is switched off module by module, so sampling and scoring see one deterministic policy.
-    """
-    modes = {module: module.training for module in model.modules()}
-    model.train()
-    for module in dropout_modules(model):
-        module.training = False  # this module only: its children (bnb Linear4bit) stay in train mode
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-

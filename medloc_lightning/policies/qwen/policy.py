@@ -45,12 +45,11 @@ from medloc_lightning.policies.qwen.loading import (
     lora_config,
     resolve_model_name,
     resolve_dtype,
-    train_mode_without_dropout,
     vision_tower,
     wrap_classes,
 )
+from medloc_lightning.policies.qwen.model import base_model, train_mode_without_dropout
 from medloc_lightning.policies.qwen.prefill import (
-    base_model,
     caches_through_backward,
     generate_with_shared_prefill,
     score_with_shared_prefill,
