@@ -107,11 +107,6 @@ class GroundingPolicy(nn.Module, abc.ABC):
         backward chunks within it, so every rank runs the same number of forwards."""
         return None
 
-    @property
-    def has_reference_copy(self) -> bool:
-        """Whether `enable_reference` made a separate frozen copy (rather than, e.g., disabling adapters)."""
-        return False
-
     def shard(self, mesh: Any) -> None:
         """FSDP2: shard this policy over a 1-D data-parallel device mesh (``ModelParallelStrategy``).
 

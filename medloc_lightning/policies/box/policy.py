@@ -141,10 +141,6 @@ class BoxPolicy(GroundingPolicy):
             ref = copy.deepcopy(self.net).requires_grad_(False)
             object.__setattr__(self, "_reference", ref)  # unregistered: not trained, saved or counted
 
-    @property
-    def has_reference_copy(self) -> bool:
-        return self._reference is not None
-
     # ------------------------------------------------------------------ inputs
     def encode(self, batch: Sequence[Record]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network images (`box_net.patchify`), query ids, offsets and image sizes [B, 2] (W, H), on the device."""

@@ -232,10 +232,6 @@ class QwenVLPolicy(GroundingPolicy):
         self._reference_enabled = True
 
     @property
-    def has_reference_copy(self) -> bool:
-        return self._reference_model is not None
-
-    @property
     def max_completion_length(self) -> int:
         return self.max_new_tokens
 
