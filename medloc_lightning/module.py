@@ -27,7 +27,8 @@ from medloc_lightning.grpo import (
 )
 from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 from medloc_lightning.metrics import GroundingMetrics
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding, gt_boxes
+from medloc_lightning.data.records import Record, gt_boxes
+from medloc_lightning.policies.base import GroundingPolicy, Rollout, Sharding
 from medloc_lightning.rewards import GroundingReward
 
 LRSchedule = Literal["constant", "cosine", "linear"]

@@ -23,6 +23,8 @@ def test_an_old_module_path_warns_and_gives_the_new_modules_objects(old: str) ->
     ("medloc_lightning.rewards", "TRLRewardFunction", "medloc_lightning.integrations.trl"),
     ("medloc_lightning.prior", "json_ready", "medloc_lightning.lab.report"),
     ("medloc_lightning.prior", "build_qwen_grounding_prior", "medloc_lightning.lab.qwen_prior"),
+    ("medloc_lightning.policies.base", "gt_boxes", "medloc_lightning.data.records"),
+    ("medloc_lightning.policies.base", "record_image", "medloc_lightning.data.records"),
 ])
 def test_a_moved_name_still_imports_from_its_old_module_with_a_warning(old: str, name: str, new: str) -> None:
     with pytest.warns(DeprecationWarning, match=f"{old}.{name} moved to {new}"):
@@ -42,3 +44,11 @@ def test_a_config_naming_the_old_strategy_class_path_still_resolves() -> None:
     with pytest.warns(DeprecationWarning, match="medloc_lightning.strategies moved"):
         config = parser.parse_object({"strategy": {"class_path": "medloc_lightning.strategies.QwenFSDPStrategy"}})
     assert parser.instantiate_classes(config).strategy.__class__ is QwenFSDPStrategy
+
+
+def test_the_checked_record_keeps_its_old_name_for_one_release() -> None:
+    from medloc_lightning.data import CheckedRecord
+
+    with pytest.warns(DeprecationWarning, match="medloc_lightning.data.Record is now medloc_lightning.data.CheckedRecord"):
+        from medloc_lightning.data import Record
+    assert Record is CheckedRecord

@@ -12,7 +12,7 @@ from medloc_lightning.boxes import box_iou
 from medloc_lightning.pretrained import shipped_path
 from medloc_lightning.data.synth import PRESETS, make_record
 from medloc_lightning.parsing import has_valid_format
-from medloc_lightning.policies.base import gt_boxes
+from medloc_lightning.data.records import gt_boxes
 from medloc_lightning.policies.qwen import QwenVLPolicy
 from medloc_lightning.lab.qwen_prior import build_qwen_grounding_prior
 from medloc_lightning.lab.report import grounding_report

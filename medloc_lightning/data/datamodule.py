@@ -18,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medloc_lightning.data.images import load_rgb
-from medloc_lightning.data.schema import (OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems,
+from medloc_lightning.data.schema import (OPTIONAL_FIELDS, CheckedRecord, Problem, count_bad_records, format_problems,
                                          read_image_checked, read_records)
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _features() -> Any:
     })
 
 
-def records_to_hf(records: Sequence[Record]) -> Any:
+def records_to_hf(records: Sequence[CheckedRecord]) -> Any:
     """Checked records -> in-memory ``datasets.Dataset`` with fixed features (normalized floats, resolved image
     paths, source line). Built in memory with ``Dataset.from_list``: nothing is written, nothing is fetched,
     and no file stays open (fork-safe)."""

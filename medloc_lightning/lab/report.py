@@ -40,7 +40,7 @@ def grounding_report(policy: Any, records: Sequence[dict], train_gt: torch.Tenso
                      thresholds: Sequence[float] = (0.3,)) -> dict[str, dict[str, float]]:
     """Greedy metrics of ``policy`` on ``records`` beside those of always answering the median of
     ``train_gt`` ([N, 4] training boxes: the baseline that ignores the image)."""
-    from medloc_lightning.policies.base import gt_boxes
+    from medloc_lightning.data.records import gt_boxes
 
     target = gt_boxes(records)
     preds = []

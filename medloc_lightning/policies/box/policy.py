@@ -28,8 +28,8 @@ from torch import Tensor
 
 from medloc_lightning.checkpointing.loading import load_checkpoint
 from medloc_lightning.parsing import format_answer
-from medloc_lightning.policies.base import (GroundingPolicy, Record, Rollout, describe_record, gt_boxes,
-                                            record_image, record_size)
+from medloc_lightning.data.records import Record, describe_record, gt_boxes, record_image, record_size
+from medloc_lightning.policies.base import GroundingPolicy, Rollout
 from medloc_lightning.policies.box.mixture import (component_std, mixture_log_weights, mixture_logprob,
                                                    sample_mixture)
 from medloc_lightning.policies.box.net import (LOG_MIN_SIZE, MIN_SIZE, STRIDE, BoxNet, Proposals, pack_queries,

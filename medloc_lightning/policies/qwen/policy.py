@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from medloc_lightning import distributed
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, parse_box
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding
+from medloc_lightning.data.records import Record
+from medloc_lightning.policies.base import GroundingPolicy, Rollout, Sharding
 from medloc_lightning.policies.qwen.batch import (
     append_completions,
     shared_image_features,
