@@ -21,6 +21,7 @@ from torch import Tensor
 
 from medloc_lightning import distributed
 from medloc_lightning.boxes import box_iou
+from medloc_lightning.errors import CheckpointError, ConfigError
 from medloc_lightning.grpo import (
     ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, loss_stat_keys,
     zero_std_groups,
@@ -52,11 +53,11 @@ class GroundingModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+            raise ConfigError(f"learning_rate must be > 0, got {learning_rate!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+            raise ConfigError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
         self.policy = policy
         self.learning_rate, self.weight_decay, self.adam_betas = learning_rate, weight_decay, tuple(adam_betas)
         self.warmup_steps, self.lr_schedule, self.max_grad_norm = int(warmup_steps), lr_schedule, max_grad_norm
@@ -87,13 +88,13 @@ class GroundingModule(pl.LightningModule):
 
         params = self.policy.trainable_parameters()
         if not params:
-            raise ValueError(f"{type(self.policy).__name__} has no trainable parameters")
+            raise ConfigError(f"{type(self.policy).__name__} has no trainable parameters")
         optimizer = torch.optim.AdamW(
             params, lr=self.learning_rate, weight_decay=self.weight_decay, betas=self.adam_betas
         )
         total = math.inf if self._trainer is None else total_optimizer_steps(self.trainer, self.optimizer_steps_per_batch)
         if self.lr_schedule != "constant" and not math.isfinite(total):
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} decays over the run, but the run has no end: "
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} decays over the run, but the run has no end: "
                              "set trainer.max_steps or trainer.max_epochs")
         scheduler = get_scheduler(_HF_SCHEDULERS[self.lr_schedule], optimizer, num_warmup_steps=self.warmup_steps,
                                   num_training_steps=None if self.lr_schedule == "constant" else int(total))
@@ -168,7 +169,7 @@ class GroundingModule(pl.LightningModule):
             saved = set(checkpoint["state_dict"])
             missing, unexpected = sorted(self._names(trainable=True) - saved), sorted(saved - self._names())
             if missing or unexpected:
-                raise ValueError(
+                raise CheckpointError(
                     "checkpoint does not match this model's trainable weights (another policy configuration?): "
                     f"missing {missing[:3]}, unexpected {unexpected[:3]}")
             self.strict_loading = False  # frozen weights were rebuilt by configure_model
@@ -543,18 +544,18 @@ def _check_grpo_args(*, num_generations: int, temperature: float, loss_type: str
                      num_iterations: int, micro_batch_size: int, beta: float, iou_threshold: float,
                      max_nonfinite_steps: int) -> None:
     if num_generations < 2:
-        raise ValueError(f"num_generations must be >= 2 (GRPO compares completions in a group), got {num_generations}")
+        raise ConfigError(f"num_generations must be >= 2 (GRPO compares completions in a group), got {num_generations}")
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if scale_rewards not in ADVANTAGE_SCALES:
-        raise ValueError(f"scale_rewards must be one of {ADVANTAGE_SCALES}, got {scale_rewards!r}")
+        raise ConfigError(f"scale_rewards must be one of {ADVANTAGE_SCALES}, got {scale_rewards!r}")
     if num_iterations < 1 or micro_batch_size < 1:
-        raise ValueError(f"num_iterations and micro_batch_size must be >= 1, got {num_iterations}, {micro_batch_size}")
+        raise ConfigError(f"num_iterations and micro_batch_size must be >= 1, got {num_iterations}, {micro_batch_size}")
     if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta!r}")
+        raise ConfigError(f"beta must be >= 0, got {beta!r}")
     if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")
+        raise ConfigError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")
     if max_nonfinite_steps < 1:
-        raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps!r}")
+        raise ConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps!r}")

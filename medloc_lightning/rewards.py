@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence, get_args
 import torch
 from torch import Tensor
 
+from medloc_lightning.errors import ConfigError
 from medloc_lightning.parsing import has_valid_format
 
 __all__ = [
@@ -47,7 +48,7 @@ def _as_ious(ious: Tensor | Sequence[float]) -> Tensor:
 def check_unit(name: str, value: float) -> float:
     """``value`` as a float, checked to be a number in [0, 1] (a threshold, a weight, a blend)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -102,16 +103,16 @@ class GroundingReward:
 
     def __post_init__(self) -> None:
         if self.kind not in REWARD_KINDS:
-            raise ValueError(f"kind must be one of {REWARD_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"kind must be one of {REWARD_KINDS}, got {self.kind!r}")
         for name in ("accuracy_weight", "format_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value >= 0
             ):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         check_unit("blend_alpha", self.blend_alpha)
         if not isinstance(self.require_think, bool):
-            raise ValueError(f"require_think must be a bool, got {self.require_think!r}")
+            raise ConfigError(f"require_think must be a bool, got {self.require_think!r}")
 
     def accuracy(self, ious: Tensor | Sequence[float], tau: float) -> Tensor:
         """The accuracy reward of this ``kind``."""

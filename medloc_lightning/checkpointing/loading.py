@@ -17,10 +17,12 @@ from urllib.parse import urlparse
 
 import torch
 
+from medloc_lightning.errors import CheckpointError, MissingFileError
+
 REMOTE_SCHEMES = ("http", "https")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that holds more than tensors and plain containers; nothing from it was run."""
 
 
@@ -58,7 +60,7 @@ def _refusal(path: str, err: pickle.UnpicklingError) -> UnsafeCheckpointError:
 
 def _load(local: str, source: str, map_location: Any, mmap: bool) -> Any:
     if not os.path.isfile(local):
-        raise FileNotFoundError(f"checkpoint file not found: {source}")
+        raise MissingFileError(f"checkpoint file not found: {source}")
     try:
         return torch.load(local, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:

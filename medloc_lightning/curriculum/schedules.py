@@ -48,6 +48,7 @@ from typing import Any, Literal, Sequence, get_args
 import numpy as np
 
 from medloc_lightning.curriculum.steps import PiecewiseStep, StepSchedule
+from medloc_lightning.errors import CheckpointError, ConfigError
 
 Check = Literal["accuracy", "stability", "margin"]
 CHECKS: tuple[str, ...] = get_args(Check)
@@ -58,17 +59,17 @@ WINDOW_UNITS: tuple[str, ...] = get_args(WindowUnit)
 def _check_tau(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be an IoU threshold in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be an IoU threshold in [0, 1], got {value!r}")
     return value
 
 
 def _as_pair(name: str, value: float | Sequence[float], low: float, high: float) -> tuple[float, float]:
     pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
     if len(pair) != 2:
-        raise ValueError(f"{name} must be a float or a pair (at tau_start, at tau_target), got {value!r}")
+        raise ConfigError(f"{name} must be a float or a pair (at tau_start, at tau_target), got {value!r}")
     out = tuple(float(v) for v in pair)
     if not all(low <= v <= high for v in out):
-        raise ValueError(f"{name} values must lie in [{low}, {high}], got {value!r}")
+        raise ConfigError(f"{name} values must lie in [{low}, {high}], got {value!r}")
     return out  # type: ignore[return-value]
 
 
@@ -95,7 +96,7 @@ def _outside(tau: float, low: float, high: float) -> str | None:
     return None if low <= tau <= high else f"lies outside [{low}, {high}]"
 
 
-class CurriculumMismatchError(ValueError):
+class CurriculumMismatchError(CheckpointError):
     """A saved schedule state that belongs to another schedule (kind or settings) than the configured one."""
 
 
@@ -160,9 +161,9 @@ class ThresholdSchedule:
 
     def __init__(self, tau: float, window: int = 30, window_unit: WindowUnit = "step") -> None:
         if int(window) != window or window < 2:
-            raise ValueError(f"window must be an integer >= 2, got {window!r}")
+            raise ConfigError(f"window must be an integer >= 2, got {window!r}")
         if window_unit not in WINDOW_UNITS:
-            raise ValueError(f"window_unit must be one of {WINDOW_UNITS}, got {window_unit!r}")
+            raise ConfigError(f"window_unit must be one of {WINDOW_UNITS}, got {window_unit!r}")
         self.window = int(window)
         self.window_unit = window_unit
         self._tau = _check_tau("tau", tau)
@@ -281,26 +282,26 @@ class ThresholdSchedule:
         problem = None if 0.0 <= tau <= 1.0 else "must be an IoU threshold in [0, 1]"
         problem = problem or self._tau_problem(tau)
         if problem:
-            raise ValueError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
+            raise CheckpointError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
         if len(state["steps"]) > self.window:
-            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window entries for a window of "
+            raise CheckpointError(f"invalid curriculum state: {len(state['steps'])} window entries for a window of "
                              f"{self.window}")
         arrays = []
         for i, ious in enumerate(state["steps"]):
             try:
                 arrays.append(as_iou_array(ious))
             except ValueError as err:
-                raise ValueError(f"invalid curriculum state: window entry {i}: {err}") from None
+                raise CheckpointError(f"invalid curriculum state: window entry {i}: {err}") from None
         hits = state.get("hits")  # as earned: they differ from a re-read after a raise without rescoring
         if hits is None:
             hits = [hit_fraction(arr, tau) for arr in arrays]
         elif len(hits) != len(arrays) or not all(0.0 <= float(h) <= 1.0 for h in hits):
-            raise ValueError(f"invalid curriculum state: hits {hits!r} for {len(arrays)} window entries")
+            raise CheckpointError(f"invalid curriculum state: hits {hits!r} for {len(arrays)} window entries")
         steps = deque(((arr, float(h), float(arr.mean(dtype=np.float64))) for arr, h in zip(arrays, hits)),
                       maxlen=self.window)
         num_steps, num_raises = int(state["num_steps"]), int(state["num_raises"])
         if num_raises < 0 or (self.window_unit == "step" and num_steps < len(steps)):
-            raise ValueError(f"invalid curriculum state: num_steps {num_steps} and num_raises {num_raises} for "
+            raise CheckpointError(f"invalid curriculum state: num_steps {num_steps} and num_raises {num_raises} for "
                              f"{len(steps)} window entries")
         self._tau, self._steps, self.num_steps, self.num_raises = tau, steps, num_steps, num_raises
         self.events = [dict(e) for e in state["events"]]
@@ -333,28 +334,28 @@ class ThresholdCurriculum(ThresholdSchedule):
         tau_start = _check_tau("tau_start", tau_start)
         self.tau_target = _check_tau("tau_target", tau_target)
         if tau_start >= self.tau_target:
-            raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
+            raise ConfigError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
         super().__init__(tau_start, window, window_unit)
         if not isinstance(rescore_on_raise, bool):
-            raise ValueError(f"rescore_on_raise must be a bool, got {rescore_on_raise!r}")
+            raise ConfigError(f"rescore_on_raise must be a bool, got {rescore_on_raise!r}")
         self.rescore_on_raise = rescore_on_raise
         self.tau_start = tau_start
         self.step = PiecewiseStep() if step is None else step
         if not callable(self.step):
-            raise ValueError(f"step must be a step schedule such as PiecewiseStep, got {step!r}")
+            raise ConfigError(f"step must be a step schedule such as PiecewiseStep, got {step!r}")
         self.min_hit_rate = _as_pair("min_hit_rate", min_hit_rate, 0.0, 1.0)
         self.max_reward_std = _as_pair("max_reward_std", max_reward_std, 0.0, math.inf)
         self.min_margin = float(min_margin)
         if not math.isfinite(self.min_margin) or self.min_margin < 0.0:
-            raise ValueError(f"min_margin must be >= 0, got {min_margin!r}")
+            raise ConfigError(f"min_margin must be >= 0, got {min_margin!r}")
         self.refresh = float(refresh)
         if not 0.0 < self.refresh <= 1.0:
-            raise ValueError(f"refresh must lie in (0, 1], got {refresh!r}")
+            raise ConfigError(f"refresh must lie in (0, 1], got {refresh!r}")
         if isinstance(checks, str):
             checks = (checks,)
         unknown = [c for c in checks if c not in CHECKS]
         if unknown:
-            raise ValueError(f"checks has unknown entries {unknown}; choose from {CHECKS}")
+            raise ConfigError(f"checks has unknown entries {unknown}; choose from {CHECKS}")
         self.checks = tuple(checks)
 
     def _tau_problem(self, tau: float) -> str | None:
@@ -415,12 +416,12 @@ class ProgressSchedule(ThresholdSchedule):
                  window_unit: WindowUnit = "step") -> None:
         ms = [tuple(float(v) for v in m) for m in milestones]
         if not ms or any(len(m) != 2 for m in ms):
-            raise ValueError(f"milestones must be a non-empty list of (progress_upto, tau) pairs, got {milestones!r}")
+            raise ConfigError(f"milestones must be a non-empty list of (progress_upto, tau) pairs, got {milestones!r}")
         uptos = [m[0] for m in ms]
         if uptos != sorted(uptos) or len(set(uptos)) != len(uptos):
-            raise ValueError(f"milestones' progress_upto values must be strictly increasing, got {uptos}")
+            raise ConfigError(f"milestones' progress_upto values must be strictly increasing, got {uptos}")
         if uptos[-1] < 1.0:
-            raise ValueError(f"milestones must end with progress_upto 1.0 (the end of training), got {uptos[-1]}")
+            raise ConfigError(f"milestones must end with progress_upto 1.0 (the end of training), got {uptos[-1]}")
         for i, (_, tau) in enumerate(ms):
             _check_tau(f"milestones[{i}] tau", tau)
         self.milestones = ms
@@ -450,18 +451,18 @@ class IntervalSchedule(ThresholdSchedule):
     def __init__(self, every: int | None = None, step: float = 0.1, tau_start: float = 0.3, tau_target: float = 0.8,
                  window: int = 30, every_fraction: float | None = None, window_unit: WindowUnit = "step") -> None:
         if (every is None) == (every_fraction is None):
-            raise ValueError(f"give exactly one of every (steps) and every_fraction (of the run), got "
+            raise ConfigError(f"give exactly one of every (steps) and every_fraction (of the run), got "
                              f"every={every!r}, every_fraction={every_fraction!r}")
         if every is not None and (int(every) != every or every < 1):
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+            raise ConfigError(f"every must be an integer >= 1, got {every!r}")
         if every_fraction is not None and not 0.0 < every_fraction <= 1.0:
-            raise ValueError(f"every_fraction must lie in (0, 1], got {every_fraction!r}")
+            raise ConfigError(f"every_fraction must lie in (0, 1], got {every_fraction!r}")
         if not step > 0:
-            raise ValueError(f"step must be > 0, got {step!r}")
+            raise ConfigError(f"step must be > 0, got {step!r}")
         tau_start = _check_tau("tau_start", tau_start)
         self.tau_target = _check_tau("tau_target", tau_target)
         if tau_start >= self.tau_target:
-            raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
+            raise ConfigError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
         super().__init__(tau_start, window, window_unit)
         self.every = None if every is None else int(every)
         self.every_fraction = None if every_fraction is None else float(every_fraction)

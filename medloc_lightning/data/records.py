@@ -10,6 +10,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from medloc_lightning.errors import DataError
+
 Record = Mapping[str, Any]
 """One grounding record: ``id``, ``image`` (PIL, RGB), ``query``, ``bbox`` [x1, y1, x2, y2] in original
 pixels, ``width``, ``height`` and optional ``dataset``, ``modality``, ``label``."""
@@ -32,10 +34,10 @@ def record_size(record: Record) -> tuple[int, int]:
     try:
         width, height = int(record["width"]), int(record["height"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{describe_record(record)}: fields 'width' and 'height' must be positive ints ({err!r})"
+        raise DataError(f"{describe_record(record)}: fields 'width' and 'height' must be positive ints ({err!r})"
                          ) from err
     if width < 1 or height < 1:
-        raise ValueError(f"{describe_record(record)}: fields 'width' and 'height' must be positive, "
+        raise DataError(f"{describe_record(record)}: fields 'width' and 'height' must be positive, "
                          f"got {width}x{height}")
     return width, height
 
@@ -46,9 +48,9 @@ def record_image(record: Record) -> Any:
 
     image = record.get("image")
     if not isinstance(image, Image.Image):
-        raise ValueError(f"{describe_record(record)}: field 'image' must be a PIL image, got {type(image).__name__}")
+        raise DataError(f"{describe_record(record)}: field 'image' must be a PIL image, got {type(image).__name__}")
     width, height = record_size(record)
     if image.size != (width, height):
-        raise ValueError(f"{describe_record(record)}: field 'image' is {image.size[0]}x{image.size[1]} px but "
+        raise DataError(f"{describe_record(record)}: field 'image' is {image.size[0]}x{image.size[1]} px but "
                          f"'width', 'height' say {width}x{height}")
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from medloc_lightning.curriculum import ThresholdSchedule
-from medloc_lightning.errors import MissingFileError
+from medloc_lightning.errors import ConfigError, MissingFileError
 
 RECIPE = "medloc_qwen2_5_vl_3b.yaml"
 SAME_AS_RECIPE = ("refresh_half", "step_piecewise")
@@ -97,7 +97,7 @@ def _load_method(name: str, configs: str) -> Method:
     if name != "medloc":
         found = [p for sub in ("baselines", "ablations") if (p := root / sub / f"{name}.yaml").is_file()]
         if not found:
-            raise ValueError(f"unknown method {name!r}; choose from {method_names(root)}")
+            raise ConfigError(f"unknown method {name!r}; choose from {method_names(root)}")
         files.append(found[0])
     parser = _fit_parser(str(root / RECIPE))
     config = json.loads(parser.dump(parser.parse_args([a for f in files for a in ("--config", str(f))]),

@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
+from medloc_lightning.errors import ConfigError
 from medloc_lightning.lab.methods import Method, load_method
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.rewards import GroundingReward
@@ -230,7 +231,7 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
         data_seed = seed
     if data_seed is not None:
         if kept_seed is None:
-            raise ValueError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
+            raise ConfigError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
         data.seed = data_seed
     start = time.perf_counter()
     try:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from medloc_lightning import distributed
 from medloc_lightning.boxes import ImageGeometry
+from medloc_lightning.errors import CheckpointError, ConfigError
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, parse_box
 from medloc_lightning.data.records import Record
 from medloc_lightning.policies.base import GroundingPolicy, Rollout, Sharding
@@ -201,7 +202,7 @@ class QwenVLPolicy(GroundingPolicy):
         if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
             eos_ids.append(tok.eos_token_id)
         if not eos_ids:
-            raise ValueError(f"{self.model_name_or_path}: no eos_token_id in generation_config.json, "
+            raise CheckpointError(f"{self.model_name_or_path}: no eos_token_id in generation_config.json, "
                              "config.json or the tokenizer")
         self.eos_token_ids = eos_ids
         self.answer_eos_id = tok.eos_token_id if tok.eos_token_id is not None else eos_ids[0]
@@ -456,7 +457,7 @@ class QwenVLPolicy(GroundingPolicy):
         model = self.model
         if merge_adapter and self.uses_adapter:
             if self.quantization is not None:
-                raise ValueError("merge_adapter=True needs an unquantized model: merge the exported adapter "
+                raise ConfigError("merge_adapter=True needs an unquantized model: merge the exported adapter "
                                  "into a bf16 load of the base model instead (see docs/qwen.md)")
             model = copy.deepcopy(model).merge_and_unload()
         target = base_model(model)
@@ -478,23 +479,23 @@ def _accepts_encoder_outputs(model_class: type) -> bool:
 def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r: int, lora_dropout: float,
                 logprob_batch_size: int, prompt_template: str) -> None:
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be None or >= 0, got {top_k}")
+        raise ConfigError(f"top_k must be None or >= 0, got {top_k}")
     if lora_r < 0 or not 0 <= lora_dropout < 1:
-        raise ValueError(f"need lora_r >= 0 and 0 <= lora_dropout < 1, got {lora_r}, {lora_dropout}")
+        raise ConfigError(f"need lora_r >= 0 and 0 <= lora_dropout < 1, got {lora_r}, {lora_dropout}")
     if logprob_batch_size < 1:
-        raise ValueError(f"logprob_batch_size must be >= 1, got {logprob_batch_size}")
+        raise ConfigError(f"logprob_batch_size must be >= 1, got {logprob_batch_size}")
     if "{query}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain a '{{query}}' placeholder, got {prompt_template!r}")
+        raise ConfigError(f"prompt_template must contain a '{{query}}' placeholder, got {prompt_template!r}")
 
 
 def _check_quantization(quantization: str | None, *, trains_adapter: bool) -> None:
     check_quantization(quantization)
     if quantization is not None and not trains_adapter:
-        raise ValueError("quantized weights cannot be fine-tuned directly: set lora_r > 0 or lora (QLoRA)")
+        raise ConfigError("quantized weights cannot be fine-tuned directly: set lora_r > 0 or lora (QLoRA)")
 
 
 def _load_processor_for(path: str, **kwargs: Any) -> Any:

@@ -23,6 +23,8 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from medloc_lightning.errors import ConfigError
+
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -106,18 +108,18 @@ def build_tokenizer(vocab_size: int = _TOKENIZER_VOCAB):
 def _check_dims(**dims: int) -> None:
     for name, value in dims.items():
         if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise ConfigError(f"{name} must be positive, got {value}")
     for name in ("hidden", "vision_hidden"):
         if dims[name] % 64:
             # bitsandbytes' CPU 4-bit inference layout fails for Linear in_features below its 64 block.
-            raise ValueError(f"{name} must be a multiple of 64 (bitsandbytes 4-bit on CPU), got {dims[name]}")
+            raise ConfigError(f"{name} must be a multiple of 64 (bitsandbytes 4-bit on CPU), got {dims[name]}")
     if dims["hidden"] % dims["heads"] or dims["heads"] % dims["kv_heads"]:
-        raise ValueError(f"hidden ({dims['hidden']}) must divide by heads ({dims['heads']}), "
+        raise ConfigError(f"hidden ({dims['hidden']}) must divide by heads ({dims['heads']}), "
                          f"and heads by kv_heads ({dims['kv_heads']})")
     if (dims["hidden"] // dims["heads"]) % 4:
-        raise ValueError(f"head dim hidden/heads = {dims['hidden'] // dims['heads']} must be a multiple of 4")
+        raise ConfigError(f"head dim hidden/heads = {dims['hidden'] // dims['heads']} must be a multiple of 4")
     if dims["vision_hidden"] % dims["vision_heads"]:
-        raise ValueError(f"vision_hidden ({dims['vision_hidden']}) must divide by vision_heads")
+        raise ConfigError(f"vision_hidden ({dims['vision_hidden']}) must divide by vision_heads")
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -153,7 +155,7 @@ def build_tiny_qwen2_5_vl(
                 vision_depth=vision_depth, vision_heads=vision_heads,
                 max_position_embeddings=max_position_embeddings)
     if min_pixels > max_pixels:
-        raise ValueError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
+        raise ConfigError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
