@@ -133,11 +133,8 @@ class ThresholdCurriculumCallback(pl.Callback):
             rank_zero_warn(f"{err} reset_on_mismatch=True: the configured schedule starts afresh at tau = "
                            f"{self.schedule.tau} with an empty window.")
             return
-        if "pending_by_rank" in state_dict:
-            self._pending = [[g.clone() for g in groups] for groups in state_dict["pending_by_rank"]]
-        else:  # older checkpoints kept rank 0's pending IoUs only
-            self._pending = [[g.clone() for t in state_dict.get("pending", []) for g in _groups(t)]]
-        self._last_global_step = state_dict.get("last_global_step")
+        self._pending = [[g.clone() for g in groups] for groups in state_dict["pending_by_rank"]]
+        self._last_global_step = state_dict["last_global_step"]
 
 
 def _find_ious(outputs: Any, key: str) -> torch.Tensor | None:

@@ -238,10 +238,8 @@ class GroundingDataModule(pl.LightningDataModule):
             done, epoch = self._resume.get("batches", 0), self._resume.get("sampler_epoch")
             per_epoch = math.ceil(len(sampler) / self.batch_size)
             skip = done * self.batch_size if 0 < done < per_epoch else 0  # at an epoch's end nothing is skipped
-            if epoch is not None:
+            if epoch is not None:  # None: the checkpoint was written before the first training loader
                 sampler.resume(epoch + 1 if done >= per_epoch else epoch, skip)
-            else:  # a checkpoint that predates the saved sampler epoch
-                sampler.skip = skip
             self._resume = None
         self._sampler = sampler
         return self._loader(self._dataset("train"), self.batch_size, sampler)
@@ -260,7 +258,7 @@ class GroundingDataModule(pl.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Remember the saved position for the next ``train_dataloader`` (older checkpoints' extra keys are ignored)."""
+        """Remember the saved position for the next ``train_dataloader``."""
         self._resume = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> DataLoader | list:
