@@ -11,7 +11,7 @@ import time
 import warnings
 from typing import Any
 
-from _grpo_bench_common import (
+from benchmarks._grpo_bench_common import (
     BenchSettings,
     CallTimer,
     StepRecorder,

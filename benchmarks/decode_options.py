@@ -13,7 +13,7 @@ interleaved repeats), and Python function calls per decoding step by source file
 profiled call). The logits processors (suppressed vision tokens, temperature) and stopping criteria (EOS,
 max length) our configuration builds are listed too.
 
-Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/decode_options.py [--model-dir DIR] [--repeats 20]
+Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.decode_options [--model-dir DIR] [--repeats 20]
      [--calls-only] [--out benchmarks/results/decode_options.json]
 """
 from __future__ import annotations
@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-
-from _grpo_bench_common import (  # noqa: E402
+from benchmarks._grpo_bench_common import (
     BenchSettings,
     configure_threads,
     describe,

@@ -1,23 +1,18 @@
 """benchmarks/reproduce.py: the grid, the paired comparisons and the report, on hand-made results (no training)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import reproduce
+
+    return reproduce
 
 
 def _result(method: str, seed: int, regime: str, acc: float, taus: list[float] | None = None) -> dict:
@@ -118,9 +113,8 @@ def test_merge_replaces_the_rerun_runs_and_keeps_the_rest(reproduce, tmp_path) -
 
 
 def test_the_qwen_comparison_reports_the_same_sample_std() -> None:
-    spec = importlib.util.spec_from_file_location("qwen_comparison", SCRIPT.parent / "qwen_comparison.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from benchmarks import qwen_comparison as module
+
     runs = [{"method": "medloc", "seed": s, "test": {m: v for m in module.METRICS}, "zero_std_early": v,
              "all_fail_early": math.nan if s == 0 else v, "num_raises": 2, "final_tau": 0.55}
             for s, v in enumerate((0.6, 0.7, 0.8))]

@@ -2,17 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_SPEC = importlib.util.spec_from_file_location(
-    "memory_plan", Path(__file__).resolve().parents[1] / "benchmarks" / "memory_plan.py")
-plan = sys.modules.setdefault("memory_plan", importlib.util.module_from_spec(_SPEC))
-_SPEC.loader.exec_module(plan)
+from benchmarks import memory_plan as plan
 
 
 def config_of(dims):
