@@ -17,12 +17,30 @@ def make(**kw):
     return ThresholdCurriculum(**kw)
 
 
-def test_paper_defaults():
+# MedLoc-R1: Performance-Aware Curriculum Reward Scheduling for GRPO-Based Medical Visual Grounding (CVPR 2026),
+# Sec. 3 and the implementation details: each default below is the value the paper states, with its words.
+PAPER = [
+    ("tau_start", 0.3, "Piecewise decay defaults to tau_0 = 0.3 -> tau_target = 0.8"),
+    ("tau_target", 0.8, "Piecewise decay defaults to tau_0 = 0.3 -> tau_target = 0.8"),
+    ("window", 30, "Sliding window length N = 30"),
+    ("refresh", 0.5, "semi-preserved refresh: discarding the oldest half of samples in W_k"),
+    ("min_margin", 0.10, "Delta (e.g., 0.10) remains constant"),
+    ("checks", ("accuracy", "stability", "margin"), "C_k := (r_k >= P) and (sigma_k <= S) and (m_k >= Delta)"),
+]
+
+
+@pytest.mark.parametrize("name,value,source", PAPER, ids=[name for name, _, _ in PAPER])
+def test_a_default_is_the_papers_value(name, value, source):
+    assert getattr(ThresholdCurriculum(), name) == value, source
+
+
+def test_the_default_steps_and_the_direction_of_the_adaptive_thresholds_are_the_papers():
     c = ThresholdCurriculum()
-    assert (c.tau, c.tau_target, c.window, c.refresh, c.min_margin) == (0.3, 0.8, 30, 0.5, 0.10)
-    assert c.step.steps == (0.15, 0.10, 0.05)
-    assert c.min_hit_rate == (0.8, 0.6) and c.max_reward_std == (0.10, 0.20)
-    assert c.checks == ("accuracy", "stability", "margin")
+    assert c.tau == 0.3
+    assert c.step.steps == (0.15, 0.10, 0.05)  # "steps delta(1) = 0.15, delta(2) = 0.10, delta(3) = 0.05"
+    # The paper gives no values for P_tau and S_tau, only their direction: "as tau_k increases, P_tau_k is relaxed
+    # [...] and S_tau_k is gradually expanded". The pairs (at tau_start, at tau_target) are ours.
+    assert c.min_hit_rate[1] < c.min_hit_rate[0] and c.max_reward_std[1] > c.max_reward_std[0]
 
 
 def test_window_holds_the_last_n_steps():
