@@ -21,6 +21,7 @@ from torch import Tensor
 
 from medloc_lightning import distributed
 from medloc_lightning.boxes import box_iou
+from medloc_lightning.data.records import Record, gt_boxes
 from medloc_lightning.errors import CheckpointError, ConfigError
 from medloc_lightning.grpo import (
     ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, loss_stat_keys,
@@ -28,7 +29,6 @@ from medloc_lightning.grpo import (
 )
 from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 from medloc_lightning.metrics import GroundingMetrics
-from medloc_lightning.data.records import Record, gt_boxes
 from medloc_lightning.policies.base import GroundingPolicy, Rollout, Sharding
 from medloc_lightning.rewards import GroundingReward
 

@@ -12,7 +12,6 @@ import torch
 from medloc_lightning import lab
 from medloc_lightning.curriculum import FixedThreshold, IntervalSchedule, ProgressSchedule, ThresholdCurriculum
 from medloc_lightning.policies.box import BoxPolicy
-from medloc_lightning.rewards import GroundingReward
 
 TINY_POLICY = {"image_size": 64, "channels": 16, "query_dim": 16, "vocab_buckets": 256}
 STEPS = 6
