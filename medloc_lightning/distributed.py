@@ -187,9 +187,11 @@ def step_rng(seed: int, rank: int, step: int, device: torch.device) -> Iterator[
     """Seed a step's randomness (sampling, dropout) as a pure function of (seed, rank, step): ranks differ,
     and a resumed run draws exactly what the uninterrupted one would have. The outer RNG state is restored.
 
-    The three are hashed together (NumPy's ``SeedSequence``): torch's CPU generator keeps only 32 bits of a seed,
-    and any offset scheme would make one rank or seed replay another's stream a fixed number of steps later."""
+    Rank 0 seeds with ``seed * 1_000_003 + step`` (one-process runs keep the streams of earlier releases); other
+    ranks hash that with their rank, since torch's CPU generator keeps only 32 bits of a seed and any offset
+    scheme would make one rank replay another's stream a fixed number of steps later."""
+    base = seed * 1_000_003 + step
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+        torch.manual_seed(base if rank == 0 else int(np.random.SeedSequence([base, rank]).generate_state(1)[0]))
         yield
