@@ -40,7 +40,7 @@ lab: $(STAMP)
 	$(BIN)/medloc test --config configs/lab_quickstart.yaml --ckpt_path runs/lab_quickstart/checkpoints/last.ckpt
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/curriculum_overhead.py
+	$(BIN)/python -m benchmarks.curriculum_overhead
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

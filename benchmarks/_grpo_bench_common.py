@@ -110,7 +110,7 @@ def resolve_model_dir(model_dir: str | None, cache_dir: str) -> tuple[str, str]:
     shipped = shipped_path(SHIPPED_PRIOR)
     if (shipped / "config.json").is_file():
         return str(shipped), "shipped prior"
-    from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+    from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
 
     return str(tiny_qwen_path(cache_dir=cache_dir, **PRIOR_DIMS, min_pixels=84 * 84, max_pixels=84 * 84)), \
         "random stand-in with the prior's dimensions (shipped prior absent: rewards will be zero)"
@@ -307,14 +307,14 @@ def run_side(side: str, settings: BenchSettings, timeout: float = 1800) -> dict[
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the worker runs as `python -m benchmarks._grpo_bench_worker`
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(here.parent), str(here), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     with tempfile.TemporaryDirectory(prefix="grpo-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
         load_before = list(os.getloadavg())
-        proc = subprocess.run([sys.executable, str(here / "_grpo_bench_worker.py"), side,
+        proc = subprocess.run([sys.executable, "-m", "benchmarks._grpo_bench_worker", side,
                                json.dumps(settings.to_dict()), str(result_path)],
                               env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not result_path.is_file():

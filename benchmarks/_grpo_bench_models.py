@@ -41,7 +41,7 @@ def padded_tokenizer(vocab_size: int) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from medloc_lightning.policies.qwen_tiny import QWEN_SPECIAL_TOKENS, build_tokenizer
+    from medloc_lightning.policies.qwen.tiny import QWEN_SPECIAL_TOKENS, build_tokenizer
 
     base = build_tokenizer()
     spec = json.loads(base.backend_tokenizer.to_str())
@@ -71,8 +71,8 @@ def build_qwen2_5_vl_3b(out_dir: str | Path, *, device: str = "cpu", dtype: str 
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
-    from medloc_lightning.policies.qwen_tiny import CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.tiny import CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
 
     text, vision = dict(QWEN2_5_VL_3B_TEXT), dict(QWEN2_5_VL_3B_VISION)
     if smoke:

@@ -10,7 +10,7 @@ import time
 import warnings
 from typing import Any
 
-from _grpo_bench_common import (
+from benchmarks._grpo_bench_common import (
     BenchSettings,
     CallTimer,
     StepRecorder,
@@ -65,7 +65,8 @@ def run_ours(s: BenchSettings, prefill_once: bool = True) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from medloc_lightning.policies import qwen_prefill
+    from medloc_lightning.policies.qwen import prefill as qwen_prefill
+    from medloc_lightning.policies.qwen.model import base_model
 
     sync = cuda_sync(s.device)
     recorder = StepRecorder(s.warmup, sync)
@@ -83,7 +84,7 @@ def run_ours(s: BenchSettings, prefill_once: bool = True) -> dict[str, Any]:
     class Recorder(pl.Callback):
         def on_train_start(self, trainer: Any, module: Any) -> None:
             policy = module.policy
-            base = qwen_prefill.base_model(policy.model)
+            base = base_model(policy.model)
             timers["generate_call"] = CallTimer(policy, "_generate", sync)
             timers["generate"] = CallTimer(base, "generate", sync, generate_probe(shapes))
             timers["hf_prefill"] = CallTimer(base, "_prefill", sync)

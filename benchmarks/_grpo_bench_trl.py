@@ -11,7 +11,7 @@ import time
 import warnings
 from typing import Any
 
-from _grpo_bench_common import (
+from benchmarks._grpo_bench_common import (
     BenchSettings,
     CallTimer,
     StepRecorder,
@@ -47,7 +47,7 @@ def build_trainer(s: BenchSettings, output_dir: str, callbacks: list[Any]) -> An
     from transformers import Qwen2_5_VLForConditionalGeneration
     from trl import GRPOConfig, GRPOTrainer
 
-    from medloc_lightning.policies.qwen_processor import load_processor
+    from medloc_lightning.policies.qwen.processor import load_processor
     from medloc_lightning.rewards import GroundingReward, TRLRewardFunction
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[s.dtype]

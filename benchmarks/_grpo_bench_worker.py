@@ -1,4 +1,4 @@
-"""Worker entry of the GRPO-step benchmarks: ``python _grpo_bench_worker.py SIDE SETTINGS_JSON RESULT_PATH``.
+"""Worker entry of the GRPO-step benchmarks: ``python -m benchmarks._grpo_bench_worker SIDE SETTINGS_JSON RESULT_PATH``.
 
 Runs one side in this (fresh) interpreter with the settings' thread count and writes its result as JSON.
 """
@@ -9,9 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-
-from _grpo_bench_common import BenchSettings, configure_threads, environment  # noqa: E402
+from benchmarks._grpo_bench_common import BenchSettings, configure_threads, environment
 
 
 def main(argv: list[str]) -> None:
@@ -20,11 +18,11 @@ def main(argv: list[str]) -> None:
     settings = BenchSettings(**json.loads(settings_json))
     configure_threads(settings.threads)
     if side in ("ours", "ours_plain"):
-        from _grpo_bench_ours import run_ours
+        from benchmarks._grpo_bench_ours import run_ours
 
         result = run_ours(settings, prefill_once=side == "ours")
     elif side == "trl":
-        from _grpo_bench_trl import run_trl
+        from benchmarks._grpo_bench_trl import run_trl
 
         result = run_trl(settings)
     else:

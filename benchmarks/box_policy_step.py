@@ -2,7 +2,7 @@
 
 The quickstart's settings: B = 8 prompts x G = 8 boxes, image side 128, `lab` synthetic data cached in memory,
 MedLoc curriculum callback, one CPU thread.
-Run: OMP_NUM_THREADS=1 python benchmarks/box_policy_step.py [--steps 300] [--warmup 30] [--data data/lab]
+Run: OMP_NUM_THREADS=1 python -m benchmarks.box_policy_step [--steps 300] [--warmup 30] [--data data/lab]
 """
 from __future__ import annotations
 

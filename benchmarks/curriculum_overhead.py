@@ -1,7 +1,7 @@
 """µs per curriculum `observe()` (64 IoUs, window 30) and per `GroundingMetrics.update` (64 boxes).
 
 The paper promises zero overhead; the goal is < 100 µs each on a 2-core CPU.
-Run: OMP_NUM_THREADS=1 python benchmarks/curriculum_overhead.py [--repeats 5] [--iters 2000]
+Run: OMP_NUM_THREADS=1 python -m benchmarks.curriculum_overhead [--repeats 5] [--iters 2000]
 """
 from __future__ import annotations
 

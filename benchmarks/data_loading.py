@@ -1,6 +1,6 @@
 """Benchmark: GroundingDataModule metadata loading for 10k records (target < 2 s), plus image-check throughput.
 
-    python benchmarks/data_loading.py [--records 10000] [--images 300]
+    python -m benchmarks.data_loading [--records 10000] [--images 300]
 
 Prints one line per figure. The metadata figure is ``setup("fit")`` with ``check_images=False`` (JSON parsing,
 schema checks, HF ``Dataset.from_list``), measured after ``import datasets`` so the one-off import

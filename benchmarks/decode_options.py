@@ -13,7 +13,7 @@ interleaved repeats), and Python function calls per decoding step by source file
 profiled call). The logits processors (suppressed vision tokens, temperature) and stopping criteria (EOS,
 max length) our configuration builds are listed too.
 
-Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/decode_options.py [--model-dir DIR] [--repeats 20]
+Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.decode_options [--model-dir DIR] [--repeats 20]
      [--calls-only] [--out benchmarks/results/decode_options.json]
 """
 from __future__ import annotations
@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-
-from _grpo_bench_common import (  # noqa: E402
+from benchmarks._grpo_bench_common import (
     BenchSettings,
     configure_threads,
     describe,
@@ -60,8 +58,8 @@ def generator(policy: Any, prompts: dict[str, Any], s: BenchSettings, option: st
     """A function of the seed that runs one rollout ``generate`` with ``option``; returns the sequences."""
     import torch
 
-    from medloc_lightning.policies.qwen_loading import train_mode_without_dropout
-    from medloc_lightning.policies.qwen_prefill import generate_with_shared_prefill
+    from medloc_lightning.policies.qwen.model import train_mode_without_dropout
+    from medloc_lightning.policies.qwen.prefill import generate_with_shared_prefill
 
     config = policy.generation_config(do_sample=True, temperature=s.temperature, num_return_sequences=s.generations)
     config.min_new_tokens = s.new_tokens
@@ -99,7 +97,7 @@ def python_calls_by_file(run: Callable[[int], Any], tokens: int) -> dict[str, fl
 
 def processors(policy: Any, run: Callable[[int], Any]) -> dict[str, list[str]]:
     """The logits processors and stopping criteria ``generate`` builds from our config (recorded in a run)."""
-    from medloc_lightning.policies.qwen_prefill import base_model
+    from medloc_lightning.policies.qwen.model import base_model
 
     model = base_model(policy.model)
     seen: dict[str, list[str]] = {}

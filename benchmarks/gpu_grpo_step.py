@@ -11,8 +11,8 @@ interpreter; a failing one is recorded with its error and the rest still run. TR
 ``datasets`` importable; without them the TRL rows are recorded as skipped (docs/gpu.md gives the versions to
 install).
 
-Run on a GPU machine:  python benchmarks/gpu_grpo_step.py --checkpoint /models/qwen2.5-vl-3b
-CPU smoke test:        python benchmarks/gpu_grpo_step.py --device cpu --tiny-only --warmup 1 --steps 2
+Run on a GPU machine:  python -m benchmarks.gpu_grpo_step --checkpoint /models/qwen2.5-vl-3b
+CPU smoke test:        python -m benchmarks.gpu_grpo_step --device cpu --tiny-only --warmup 1 --steps 2
 """
 from __future__ import annotations
 
@@ -27,11 +27,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+from benchmarks._grpo_bench_common import BenchSettings, environment, run_side
 
-from _grpo_bench_common import BenchSettings, environment, run_side  # noqa: E402
-
-from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
+from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE
 
 
 def missing_for_trl() -> list[str]:
@@ -106,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     notes: list[str] = []
     settings_used: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="gpu-grpo-bench-") as tmp:
-        from _grpo_bench_models import build_qwen2_5_vl_3b, parameter_count
-        from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+        from benchmarks._grpo_bench_models import build_qwen2_5_vl_3b, parameter_count
+        from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
 
         pixels = args.max_pixels or args.image_size ** 2
         models = [("tiny", lambda: tiny_qwen_path(cache_dir=tmp, max_pixels=max(pixels, 56 * 56)))]

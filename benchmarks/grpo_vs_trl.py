@@ -10,7 +10,7 @@ interleaved ours, ours_plain, TRL, ... so machine noise hits all; ratios are tak
 the pooled steps. Every side reports the same phases (prefill, decode, reference, log-probs, backward) in wall
 and process-CPU time.
 
-Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py [--model-dir DIR] [--rounds 3]
+Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m benchmarks.grpo_vs_trl [--model-dir DIR] [--rounds 3]
      [--variants full,lora] [--sides ours,ours_plain,trl] [--warmup 3] [--steps 12]
      [--out benchmarks/results/grpo_vs_trl.json]
 """
@@ -26,9 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-
-from _grpo_bench_common import (  # noqa: E402
+from benchmarks._grpo_bench_common import (
     PHASES,
     SIDES,
     VARIANTS,

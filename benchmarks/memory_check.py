@@ -10,7 +10,7 @@ tensors, so the script re-executes itself with glibc's ``MALLOC_MMAP_THRESHOLD_`
 ``--real-3b`` also builds the Qwen2.5-VL-3B architecture with random bf16 weights in memory (never saved;
 about 7.5 GB) and measures its weights and one forward-only scoring pass at real width (vocabulary 151 936).
 
-Run: OMP_NUM_THREADS=1 python benchmarks/memory_check.py [--real-3b] [--out benchmarks/results/memory_check.json]
+Run: OMP_NUM_THREADS=1 python -m benchmarks.memory_check [--real-3b] [--out benchmarks/results/memory_check.json]
 """
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-
-from memory_plan import QWEN2_5_VL, ModelDims, activation_bytes_per_token_layer  # noqa: E402
+from benchmarks.memory_plan import QWEN2_5_VL, ModelDims, activation_bytes_per_token_layer
 
 MIB = 2**20
 SHAPES = ({"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2},
@@ -68,7 +66,7 @@ def dims_of(model: Any) -> ModelDims:
 def score(model: Any, ids: Any, new_tokens: int) -> Any:
     """The policy's teacher-forced log-prob pass on text-only rows: logits of the last ``new_tokens`` + 1
     positions, log-softmax in float32 one row at a time (`token_logprobs`)."""
-    from medloc_lightning.policies.qwen_batch import token_logprobs
+    from medloc_lightning.policies.qwen.batch import token_logprobs
 
     logits = model(input_ids=ids, use_cache=False, logits_to_keep=new_tokens + 1).logits[:, :-1]
     return token_logprobs(logits, ids[:, -new_tokens:], 1.0)
@@ -97,7 +95,7 @@ def build_from_config(text: dict[str, Any], dtype: Any) -> Any:
 def check_shape(shape: dict[str, int], rows: int, length: int, new_tokens: int) -> list[dict[str, Any]]:
     import torch
 
-    from medloc_lightning.policies.qwen_loading import apply_lora, lora_config, enable_gradient_checkpointing
+    from medloc_lightning.policies.qwen.loading import apply_lora, lora_config, enable_gradient_checkpointing
 
     out: list[dict[str, Any]] = []
     name = "h{hidden_size} L{num_hidden_layers} heads {num_attention_heads}/{num_key_value_heads}".format(**shape) \
@@ -181,7 +179,7 @@ def check_real_3b(new_tokens: int = 32, rows: int = 2, prompt: int = 96) -> list
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from _grpo_bench_models import QWEN2_5_VL_3B_TEXT, QWEN2_5_VL_3B_VISION
+    from benchmarks._grpo_bench_models import QWEN2_5_VL_3B_TEXT, QWEN2_5_VL_3B_VISION
 
     dims = QWEN2_5_VL["3B"]
     config = Qwen2_5_VLConfig(text_config=dict(QWEN2_5_VL_3B_TEXT), vision_config=dict(QWEN2_5_VL_3B_VISION),
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                    HF_HUB_OFFLINE="1")
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.memory_check", *sys.argv[1:]], env)
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -4,7 +4,7 @@ Every term is a closed formula in the published model dimensions and the recipe'
 shows them with the arithmetic, and ``benchmarks/memory_check.py`` checks the same formulas (fp32 variant)
 against peak RSS measured on CPU. Bytes per GPU; GiB = 2**30 bytes.
 
-Run: python benchmarks/memory_plan.py [--gpus 4] [--gpu-gib 80] [--json]
+Run: python -m benchmarks.memory_plan [--gpus 4] [--gpu-gib 80] [--json]
 """
 from __future__ import annotations
 

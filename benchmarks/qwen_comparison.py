@@ -14,11 +14,11 @@ Each final model answers greedily on three sets, one IoU per image kept in the r
 - ``heldout``: 1000 images generated with their own seed, never used for training, validation or choice. It is
   the headline.
 
-    python benchmarks/qwen_comparison.py --workers 2                  # target `single`: 12 arms x 5 seeds
-    python benchmarks/qwen_comparison.py --preset small --workers 2   # the second target
-    python benchmarks/qwen_comparison.py --quick                      # every arm, 2 seeds, 100 steps (< 10 min)
-    python benchmarks/qwen_comparison.py --report-only [--out FILE]   # the tables from the saved JSON
-    python benchmarks/qwen_comparison.py --write-docs                 # render them into docs/reproduction.md
+    python -m benchmarks.qwen_comparison --workers 2                  # target `single`: 12 arms x 5 seeds
+    python -m benchmarks.qwen_comparison --preset small --workers 2   # the second target
+    python -m benchmarks.qwen_comparison --quick                      # every arm, 2 seeds, 100 steps (< 10 min)
+    python -m benchmarks.qwen_comparison --report-only [--out FILE]   # the tables from the saved JSON
+    python -m benchmarks.qwen_comparison --write-docs                 # render them into docs/reproduction.md
 
 Results: benchmarks/results/qwen_grid_<preset>.json; `paired.py` computes every interval and verdict.
 """
@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # a script run from a checkout imports this checkout
+import lightning.pytorch as pl
 
-import lightning.pytorch as pl  # noqa: E402
-import paired  # noqa: E402
+from benchmarks import paired
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = ROOT / "configs" / "quickstart.yaml"
 DOC = ROOT / "docs" / "reproduction.md"
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
         wall += saved.get("wall_s", 0.0)
     results = {"preset": args.preset, "steps": args.steps, "seeds": args.seeds, "workers": args.workers,
                "wall_s": wall, "n_runs": len(runs), "heldout": HELDOUT,
-               "command": "python benchmarks/qwen_comparison.py " + " ".join(argv or sys.argv[1:]), "runs": runs}
+               "command": "python -m benchmarks.qwen_comparison " + " ".join(argv or sys.argv[1:]), "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=None, separators=(",", ":")))
     print(report(results))

@@ -137,7 +137,7 @@ def merge(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         return r.get("regime", "random_init"), r["method"], r["seed"]
 
     def setup(regime: dict) -> dict:
-        from medloc_lightning.prior import json_ready
+        from medloc_lightning.lab.report import json_ready
 
         report = regime.get("prior_report") or {}
         fit = {k: v for k, v in (report.get("fit") or {}).items() if k in ("best_score", "best_step", "steps")}

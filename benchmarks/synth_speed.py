@@ -3,7 +3,7 @@
 Also reports, per preset, how often a uniformly random box reaches IoU 0.5 / 0.3 with the ground truth,
 which is how "hard" the data is for a policy that has learned nothing.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/synth_speed.py --n 1000 --size 224 --workers 2
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.synth_speed --n 1000 --size 224 --workers 2
 """
 from __future__ import annotations
 

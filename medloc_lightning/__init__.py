@@ -6,9 +6,15 @@ Lightning-facing names are loaded lazily so ``import medloc_lightning.curriculum
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
+from medloc_lightning._moved import MovedFinder
+
 __version__ = "0.1.0"
+
+if not any(isinstance(finder, MovedFinder) for finder in sys.meta_path):
+    sys.meta_path.insert(0, MovedFinder())  # old module paths (no file has them any more), for one release
 
 _LAZY = {
     "ThresholdCurriculumCallback": "medloc_lightning.callbacks",

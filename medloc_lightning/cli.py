@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
 from medloc_lightning.callbacks.progress import use_step_progress_bar
-from medloc_lightning.checkpoint_io import AtomicCheckpointIO
-from medloc_lightning.checkpoints import load_checkpoint, verify_checkpoint
+from medloc_lightning.checkpointing.loading import load_checkpoint
+from medloc_lightning.checkpointing.trainer import CheckpointingTrainer, checked_ckpt_path
 from medloc_lightning.module import GroundingModule
 from medloc_lightning.user_errors import report_user_errors
 
@@ -51,55 +50,9 @@ class PredictionWriter(BasePredictionWriter):
         print(f"predictions written to {self._path}")
 
 
-_CKPT_KEYWORDS = ("last", "best", "hpc")
-
-
-def _checked(ckpt_path: str | os.PathLike | None) -> str | None:
-    """A local path to ``ckpt_path`` once it has passed the weights_only check (Lightning's keywords pass as is:
-    they name this run's own checkpoints, which `AtomicCheckpointIO` reads with weights_only=True)."""
-    if ckpt_path is None or str(ckpt_path) in _CKPT_KEYWORDS or str(ckpt_path).startswith("registry"):
-        return None if ckpt_path is None else str(ckpt_path)
-    return verify_checkpoint(ckpt_path)
-
-
-class Trainer(pl.Trainer):
-    """Lightning's Trainer plus `export`, so `medloc export` shares the config of `fit`.
-
-    Every ``ckpt_path`` (a file or an http(s) URL) is read with ``weights_only=True`` only, and checkpoints are
-    written atomically (`AtomicCheckpointIO`, unless another checkpoint plugin was configured).
-    """
-
-    def _secure_checkpoint_io(self) -> None:
-        if type(self.strategy.checkpoint_io) is TorchCheckpointIO:
-            self.strategy.checkpoint_io = AtomicCheckpointIO()
-
-    def fit(self, model: pl.LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            datamodule: pl.LightningDataModule | None = None, ckpt_path: str | Path | None = None) -> None:
-        """Lightning's ``fit``; ``ckpt_path`` may be a local file or an http(s) URL."""
-        self._secure_checkpoint_io()
-        super().fit(model, train_dataloaders, val_dataloaders, datamodule, _checked(ckpt_path), weights_only=True)
-
-    def validate(self, model: pl.LightningModule | None = None, dataloaders: Any = None,
-                 ckpt_path: str | Path | None = None, verbose: bool = True,
-                 datamodule: pl.LightningDataModule | None = None) -> Any:
-        """Lightning's ``validate``; ``ckpt_path`` may be a local file or an http(s) URL."""
-        self._secure_checkpoint_io()
-        return super().validate(model, dataloaders, _checked(ckpt_path), verbose, datamodule, weights_only=True)
-
-    def test(self, model: pl.LightningModule | None = None, dataloaders: Any = None,
-             ckpt_path: str | Path | None = None, verbose: bool = True,
-             datamodule: pl.LightningDataModule | None = None) -> Any:
-        """Lightning's ``test``; ``ckpt_path`` may be a local file or an http(s) URL."""
-        self._secure_checkpoint_io()
-        return super().test(model, dataloaders, _checked(ckpt_path), verbose, datamodule, weights_only=True)
-
-    def predict(self, model: pl.LightningModule | None = None, dataloaders: Any = None,
-                datamodule: pl.LightningDataModule | None = None, return_predictions: bool | None = None,
-                ckpt_path: str | Path | None = None) -> Any:
-        """Lightning's ``predict``; ``ckpt_path`` may be a local file or an http(s) URL."""
-        self._secure_checkpoint_io()
-        return super().predict(model, dataloaders, datamodule, return_predictions, _checked(ckpt_path),
-                               weights_only=True)
+class Trainer(CheckpointingTrainer):
+    """Lightning's Trainer with medloc's checkpoint handling (`CheckpointingTrainer`) plus `export`, so
+    `medloc export` shares the config of `fit`."""
 
     def export(
         self,
@@ -138,7 +91,7 @@ class MedlocCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path") is not None:
-            _checked(self.config[subcommand]["ckpt_path"])
+            checked_ckpt_path(self.config[subcommand]["ckpt_path"])
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(ThresholdCurriculumCallback, "curriculum", subclass_mode=True, required=False)

@@ -1,45 +1,116 @@
-"""Distributed execution for the grounding modules: what differs between one process, DDP, FSDP and FSDP2.
+"""Distributed execution: the one module that talks to other ranks, and what differs between one process, DDP,
+FSDP and FSDP2.
 
-Every function takes the Trainer (or the module) and does the plain single-process thing when there is no
-trainer or one rank, so the modules read the same on every strategy.
+The collectives (`any_rank`, `all_ranks`, `sum_over_ranks`, `mean_over_ranks`, `gather_ragged`, `chunk_plan`)
+run over every rank of the default ``torch.distributed`` process group, which Lightning's strategies and TRL's
+trainer both set up; without one (a single process) each returns its input. Every rank must call them
+together. The rest take the module and do the plain single-process thing without a sharding strategy.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+import torch.distributed as dist
 from torch import Tensor
 
+if TYPE_CHECKING:  # the collectives serve TRL too: Lightning is imported only where a strategy is inspected
+    import lightning.pytorch as pl
 
-def world_size(module: pl.LightningModule) -> int:
-    """Ranks of the attached trainer (1 without one)."""
-    return module.trainer.world_size if module._trainer is not None else 1
 
+# --- collectives ---------------------------------------------------------------------------------------------
+
+def world_size() -> int:
+    """Ranks of the default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _device() -> torch.device:
+    """Where collective buffers live: NCCL moves CUDA tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _reduce(values: list[float], op: Literal["sum", "max", "min"]) -> list[float]:
+    packed = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(packed, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return packed.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on at least one rank."""
+    return bool(flag) if world_size() == 1 else _reduce([float(flag)], "max")[0] > 0
+
+
+def all_ranks(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank."""
+    return bool(flag) if world_size() == 1 else _reduce([float(flag)], "min")[0] > 0
+
+
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """The sum of each number over ranks, in one collective (every rank passes the same keys)."""
+    if world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    return dict(zip(keys, _reduce([float(values[k]) for k in keys], "sum")))
+
+
+def mean_over_ranks(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The mean of each scalar over ranks, in one collective (every rank passes the same keys)."""
+    if world_size() == 1:
+        return values
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().to(_device(), torch.float32) for k in keys])
+    dist.all_reduce(stacked)
+    return {k: (v / world_size()).to(values[k].device) for k, v in zip(keys, stacked.unbind())}
+
+
+def gather_ragged(groups: list[Tensor], dtype: torch.dtype = torch.float32) -> list[list[Tensor]]:
+    """Every rank's list of 1-D tensors, indexed by rank, on the CPU; ranks may hold any number of any length.
+
+    Three small all-gathers: how many tensors each rank holds, their lengths, the values (each padded to the
+    longest)."""
+    groups = [g.detach().reshape(-1).to("cpu", dtype) for g in groups]
+    if world_size() == 1:
+        return [groups]
+    counts = _all_gather_padded(torch.tensor([len(groups)]), 1)[:, 0].tolist()
+    if max(counts) == 0:
+        return [[] for _ in counts]
+    lengths = _all_gather_padded(torch.tensor([len(g) for g in groups], dtype=torch.long), max(counts))
+    lengths_by_rank = [lengths[r, :c].tolist() for r, c in enumerate(counts)]
+    totals = [sum(ls) for ls in lengths_by_rank]
+    values = torch.cat(groups) if groups else torch.zeros(0, dtype=dtype)
+    everything = _all_gather_padded(values, max(totals))
+    return [list(torch.split(everything[r, :t], ls)) for r, (t, ls) in enumerate(zip(totals, lengths_by_rank))]
+
+
+def _all_gather_padded(local: Tensor, size: int) -> Tensor:
+    """All-gather a 1-D tensor padded with zeros to ``size``: [world_size, size], on the CPU."""
+    padded = torch.zeros(size, dtype=local.dtype, device=_device())
+    padded[: local.numel()] = local.to(padded.device)
+    out = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(out, padded)
+    return torch.stack(out).cpu()
+
+
+def chunk_plan(num_rows: int, size: int) -> list[Tensor | None]:
+    """This rank's row indices in chunks of at most ``size``, then ``None`` up to the most chunks any rank has.
+
+    Every rank runs one pass per entry, so DDP's gradient all-reduce and FSDP's weight all-gathers meet: a rank
+    with fewer rows runs a padding pass (weighted zero) for each ``None``. Empty when no rank has a row."""
+    chunks: list[Tensor | None] = [torch.arange(s, min(s + size, num_rows)) for s in range(0, num_rows, size)]
+    most = len(chunks) if world_size() == 1 else int(_reduce([float(len(chunks))], "max")[0])
+    return chunks + [None] * (most - len(chunks))
+
+
+# --- strategies ----------------------------------------------------------------------------------------------
 
 def is_sharded(trainer: pl.Trainer | None) -> bool:
     """Whether the strategy shards the weights (FSDP or FSDP2): submodules then run only inside the root forward."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
     return trainer is not None and isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
-
-
-def max_and_sum(module: pl.LightningModule, values: list[float]) -> tuple[Tensor, Tensor]:
-    """Element-wise max and sum of ``values`` over ranks (the values themselves with one rank)."""
-    packed = torch.tensor([float(v) for v in values], device=module.device)
-    if world_size(module) == 1:
-        return packed, packed.clone()
-    strategy = module.trainer.strategy
-    return strategy.reduce(packed.clone(), reduce_op="max"), strategy.reduce(packed.clone(), reduce_op="sum")
-
-
-def any_rank(module: pl.LightningModule, flag: bool) -> bool:
-    """Whether ``flag`` holds on at least one rank (the flag itself with one rank)."""
-    if world_size(module) == 1:
-        return bool(flag)
-    flags = torch.tensor([float(flag)], device=module.device)
-    return bool(module.trainer.strategy.reduce(flags, reduce_op="max")[0] > 0)
 
 
 def gradient_norm(module: pl.LightningModule) -> Tensor:
@@ -55,18 +126,11 @@ def gradient_norm(module: pl.LightningModule) -> Tensor:
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=module.device)
 
 
-def mean_over_ranks(module: pl.LightningModule, values: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The mean of each scalar over ranks, in one collective."""
-    if world_size(module) == 1:
-        return values
-    keys = sorted(values)
-    stacked = module.trainer.strategy.reduce(torch.stack([values[k] for k in keys]), reduce_op="mean")
-    return dict(zip(keys, stacked.unbind()))
-
-
 @contextlib.contextmanager
 def no_gradient_sync(module: pl.LightningModule, block: bool) -> Iterator[None]:
     """Under DDP with ``block``, skip the gradient all-reduce of the backward inside (all but the last chunk)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
     strategy = module.trainer.strategy if module._trainer is not None else None
     if block and isinstance(strategy, DDPStrategy):
         with strategy.block_backward_sync():
@@ -79,6 +143,8 @@ def no_gradient_sync(module: pl.LightningModule, block: bool) -> Iterator[None]:
 def gathered_for_generation(module: pl.LightningModule, enabled: bool) -> Iterator[None]:
     """With ``enabled`` under FSDP/FSDP2, gather the full parameters once for a whole rollout instead of per
     layer and per decoding step (faster, at the memory cost of one unsharded model)."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
     strategy = module.trainer.strategy if module._trainer is not None else None
     if not enabled:
         yield

@@ -1,4 +1,5 @@
-"""Small helpers shared by the Lightning adapters."""
+"""Two facts about a fit that Lightning does not expose and that both the GRPO module and the curriculum callback
+need: whether the logger writes this training step, and how many optimizer steps the fit takes."""
 from __future__ import annotations
 
 import math
@@ -7,13 +8,14 @@ import lightning.pytorch as pl
 
 
 def logs_this_step(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes this training step's logs: its own every-n-steps rule, plus the last batch of an
-    epoch and the last step, whose values it flushes at the end."""
-    # Lightning has no public "will the logger write this step" flag, and recomputing its rule would need its
-    # private batch counter too; read the connector's flag, and log every step if it ever goes away.
-    connector = getattr(trainer, "_logger_connector", None)
-    last_step = 0 < trainer.max_steps <= trainer.global_step
-    return bool(getattr(connector, "should_update_logs", True) or trainer.is_last_batch or last_step)
+    """Whether Lightning's logger writes the training step in progress: every ``log_every_n_steps`` batches that
+    step the optimizer, plus the last batch of an epoch and the last step, whose values it flushes at the end.
+    Logging costs about 0.3 ms per value, so the full set is built only for the steps that are written."""
+    every = trainer.log_every_n_steps
+    if every <= 0:
+        return False
+    stepped = trainer.fit_loop.epoch_loop.batch_progress.total.ready // max(trainer.accumulate_grad_batches, 1)
+    return stepped % every == 0 or trainer.is_last_batch or 0 < trainer.max_steps <= trainer.global_step
 
 
 def total_optimizer_steps(trainer: pl.Trainer, steps_per_batch: int = 1) -> float:

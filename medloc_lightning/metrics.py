@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from medloc_lightning.boxes import box_iou
+from medloc_lightning.errors import ConfigError
 
 __all__ = ["GroundingMetrics", "PSEUDO_MAP_THRESHOLDS"]
 
@@ -47,7 +48,7 @@ class GroundingMetrics(Metric):
         extra = tuple(thresholds)
         for t in extra:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-                raise ValueError(f"thresholds must be numbers in [0, 1], got {t!r}")
+                raise ConfigError(f"thresholds must be numbers in [0, 1], got {t!r}")
         self.reported: tuple[float, ...] = tuple(sorted({0.5, 0.75, *(float(t) for t in extra)}))
         # Column 0 is threshold 0.0: IoUs are never NaN and never below 0, so it counts the rows seen.
         self.thresholds: tuple[float, ...] = (0.0, *sorted({*PSEUDO_MAP_THRESHOLDS, *self.reported} - {0.0}))

@@ -7,10 +7,12 @@ batch → rollout → rewards(τ) → advantages → loss. τ is read from ``sel
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -19,14 +21,15 @@ from torch import Tensor
 
 from medloc_lightning import distributed
 from medloc_lightning.boxes import box_iou
-from medloc_lightning.counters import Counters
+from medloc_lightning.data.records import Record, gt_boxes
+from medloc_lightning.errors import CheckpointError, ConfigError
 from medloc_lightning.grpo import (
     ADVANTAGE_SCALES, LOSS_TYPES, AdvantageScale, LossType, group_advantages, grpo_loss, loss_stat_keys,
     zero_std_groups,
 )
 from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 from medloc_lightning.metrics import GroundingMetrics
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding, gt_boxes
+from medloc_lightning.policies.base import GroundingPolicy, Rollout, Sharding
 from medloc_lightning.rewards import GroundingReward
 
 LRSchedule = Literal["constant", "cosine", "linear"]
@@ -50,11 +53,11 @@ class GroundingModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+            raise ConfigError(f"learning_rate must be > 0, got {learning_rate!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+            raise ConfigError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
         self.policy = policy
         self.learning_rate, self.weight_decay, self.adam_betas = learning_rate, weight_decay, tuple(adam_betas)
         self.warmup_steps, self.lr_schedule, self.max_grad_norm = int(warmup_steps), lr_schedule, max_grad_norm
@@ -66,7 +69,7 @@ class GroundingModule(pl.LightningModule):
         trainer = self._trainer
         sharded = distributed.is_sharded(trainer)
         self.policy.configure(Sharding(sharded=sharded, synced_generation=sharded and trainer.world_size > 1))
-        if self._device_mesh is not None and not getattr(self, "_sharded", False):  # ModelParallelStrategy: FSDP2
+        if self.device_mesh is not None and not getattr(self, "_sharded", False):  # ModelParallelStrategy: FSDP2
             self.policy.shard(self.device_mesh["data_parallel"])
             self._sharded = True
 
@@ -85,13 +88,13 @@ class GroundingModule(pl.LightningModule):
 
         params = self.policy.trainable_parameters()
         if not params:
-            raise ValueError(f"{type(self.policy).__name__} has no trainable parameters")
+            raise ConfigError(f"{type(self.policy).__name__} has no trainable parameters")
         optimizer = torch.optim.AdamW(
             params, lr=self.learning_rate, weight_decay=self.weight_decay, betas=self.adam_betas
         )
         total = math.inf if self._trainer is None else total_optimizer_steps(self.trainer, self.optimizer_steps_per_batch)
         if self.lr_schedule != "constant" and not math.isfinite(total):
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} decays over the run, but the run has no end: "
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} decays over the run, but the run has no end: "
                              "set trainer.max_steps or trainer.max_epochs")
         scheduler = get_scheduler(_HF_SCHEDULERS[self.lr_schedule], optimizer, num_warmup_steps=self.warmup_steps,
                                   num_training_steps=None if self.lr_schedule == "constant" else int(total))
@@ -166,7 +169,7 @@ class GroundingModule(pl.LightningModule):
             saved = set(checkpoint["state_dict"])
             missing, unexpected = sorted(self._names(trainable=True) - saved), sorted(saved - self._names())
             if missing or unexpected:
-                raise ValueError(
+                raise CheckpointError(
                     "checkpoint does not match this model's trainable weights (another policy configuration?): "
                     f"missing {missing[:3]}, unexpected {unexpected[:3]}")
             self.strict_loading = False  # frozen weights were rebuilt by configure_model
@@ -185,9 +188,60 @@ class SFTGroundingModule(GroundingModule):
         return loss
 
 
+COUNTER_KEYS = ("rejected", "empty", "unparsed", "zero_std_groups", "all_fail_groups", "skipped_steps",
+                "nonfinite_steps")
+"""Prompts rejected up front, empty and unparsed completions, zero-std and all-fail groups, skipped steps, and
+optimizer steps skipped for a non-finite loss or gradient."""
+
+
+class Counters(Mapping[str, int]):
+    """Totals of the degenerate cases training survives since its start (restored from checkpoints), logged as
+    ``train/count_<key>``. ``add(key, n, warning)`` warns the first time ``key`` is counted; later cases are
+    counted silently. ``warn_once(key, warning)`` gives that warning for cases counted elsewhere."""
+
+    def __init__(self, keys: tuple[str, ...] = COUNTER_KEYS) -> None:
+        self._counts = dict.fromkeys(keys, 0)
+        self._warned: set[str] = set()
+
+    def __getitem__(self, key: str) -> int:
+        return self._counts[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def add(self, key: str, n: int = 1, warning: str | None = None) -> None:
+        if key not in self._counts:
+            raise KeyError(f"unknown counter {key!r}; known: {sorted(self._counts)}")
+        if n <= 0:
+            return
+        self._counts[key] += int(n)
+        if warning is not None:
+            self.warn_once(key, warning)
+
+    def warn_once(self, key: str, warning: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"{warning} (counted in train/count_{key}; later cases are counted silently)",
+                          stacklevel=3)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            if key in self._counts:
+                self._counts[key] = int(value)
+
+    def __repr__(self) -> str:
+        return f"Counters({self._counts})"
+
+
 @dataclass
 class GRPOStep:
-    """Everything one GRPO step computes from a batch, in the order it is computed."""
+    """Everything one GRPO step computes from a batch, in the order it is computed, and what it logs."""
 
     records: list[Record]
     """The prompts the policy kept (B), in rollout order."""
@@ -203,9 +257,27 @@ class GRPOStep:
     """[N] group-relative advantages."""
     zero_std: Tensor
     """[B] groups whose rewards are all equal (no learning signal)."""
-    timings: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    """This rank's degenerate cases (`Counters` keys); summed over ranks before they are counted."""
+    all_fail: Tensor
+    """[B] groups where no completion earned any accuracy reward (the zero-std groups a too-strict τ causes)."""
+    timings: dict[str, float]
+    mask: Tensor
+    """[N, T] float completion mask, on the module's device."""
+    total_tokens: Tensor | None = None
+    """The token normalizer of bnpo/dapo (see `GRPOGroundingModule._tally`)."""
+    old: Tensor | None = None
+    """[N, T] log-probs under the sampling policy (None: on-policy, the current ones detached)."""
+    ref: Tensor | None = None
+    """[N, T] log-probs under the reference (None when beta is 0)."""
+    loss: Tensor | None = None
+    """The summed chunk losses of the last optimizer step (None when the step was skipped)."""
+    stats: list[tuple[dict[str, Tensor], int]] = field(default_factory=list)
+    """The last optimizer step's loss statistics per chunk with real rows, and its number of rows."""
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
 
     def samples(self) -> dict[str, Any]:
         """The first completion of each group, for `SampleLoggingCallback`."""
@@ -213,23 +285,34 @@ class GRPOStep:
         return {"records": self.records, "texts": self.rollout.texts[::G], "boxes": self.rollout.boxes[::G],
                 "ious": self.ious[::G], "rewards": self.rewards[::G], "tau": self.tau}
 
-
-@dataclass
-class LossInputs:
-    """What the loss of every chunk of one optimizer step shares."""
-
-    mask: Tensor
-    """[N, T] float completion mask."""
-    old: Tensor | None
-    """[N, T] log-probs under the sampling policy (None: on-policy, the current ones detached)."""
-    ref: Tensor | None
-    """[N, T] log-probs under the reference (None when beta is 0)."""
-    total_tokens: Tensor
-    """The token normalizer of bnpo/dapo (see `GRPOGroundingModule._agree`)."""
-    chunks: list[Tensor]
-    """Row indices of this rank's backward chunks."""
-    num_chunks: int
-    """Backward passes every rank runs (the most chunks of any rank)."""
+    def metrics(self, beta: float, counts: Mapping[str, int], full: bool = True) -> dict[str, Tensor]:
+        """What the step logs: the mean reward (the progress bar's) and, with ``full``, every statistic. Means
+        are taken over all ranks' completions (every rank must call this with the same ``full``), so the logs
+        are the same on every rank; the loss statistics are row-weighted over chunks, zeros without rows."""
+        rollout, n, device = self.rollout, max(self.rollout.num_rows, 1), self.rewards.device
+        values = {"train/reward": self.rewards.sum() / n}
+        if full:
+            grouped = self.rewards.view(-1, rollout.num_generations) if rollout.num_rows else None
+            rows = sum(w for _, w in self.stats)
+            values.update({
+                "train/reward_std": grouped.std(1).mean() if grouped is not None else torch.zeros(()),
+                "train/frac_reward_zero_std": self.zero_std.float().mean() if self.zero_std.numel() else torch.ones(()),
+                "train/accuracy_reward": self.parts["accuracy"].sum() / n,
+                "train/format_reward": self.parts["format"].sum() / n,
+                "train/iou": self.ious.sum() / n,
+                "train/parse_rate": (~torch.isnan(rollout.boxes).any(1)).float().sum() / n,
+                "train/completion_length": rollout.mask.sum(1).float().sum() / n,
+                **{f"train/{k}": sum(s[k] * w for s, w in self.stats) / rows if rows else torch.zeros(())
+                   for k in loss_stat_keys(beta)},
+                **{f"train/{k}": v.float().sum() / n for k, v in rollout.info.items() if v.numel() == rollout.num_rows},
+            })
+        values = distributed.mean_over_ranks({k: torch.as_tensor(v, dtype=torch.float32, device=device)
+                                              for k, v in values.items()})
+        if full:
+            values["train/tau"] = torch.tensor(self.tau)
+            values.update({f"time/{k}_s": torch.tensor(v) for k, v in self.timings.items()})
+            values.update({f"train/count_{k}": torch.tensor(float(v)) for k, v in counts.items()})
+        return values
 
 
 class GRPOGroundingModule(GroundingModule):
@@ -265,22 +348,9 @@ class GRPOGroundingModule(GroundingModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, **kwargs)
-        if num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 (GRPO compares completions in a group), got {num_generations}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if scale_rewards not in ADVANTAGE_SCALES:
-            raise ValueError(f"scale_rewards must be one of {ADVANTAGE_SCALES}, got {scale_rewards!r}")
-        if num_iterations < 1 or micro_batch_size < 1:
-            raise ValueError(f"num_iterations and micro_batch_size must be >= 1, got {num_iterations}, {micro_batch_size}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}")
-        if not 0.0 <= iou_threshold <= 1.0:
-            raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")
-        if max_nonfinite_steps < 1:
-            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps!r}")
+        _check_grpo_args(num_generations=num_generations, temperature=temperature, loss_type=loss_type,
+                         scale_rewards=scale_rewards, num_iterations=num_iterations, micro_batch_size=micro_batch_size,
+                         beta=beta, iou_threshold=iou_threshold, max_nonfinite_steps=max_nonfinite_steps)
         self.automatic_optimization = False
         self.num_generations, self.temperature = int(num_generations), float(temperature)
         self.reward = GroundingReward() if reward is None else reward
@@ -306,10 +376,13 @@ class GRPOGroundingModule(GroundingModule):
     def training_step(self, batch: Sequence[Record], batch_idx: int) -> dict[str, Any]:
         with distributed.step_rng(self.seed, self.global_rank, self.global_step, self.device):
             step = self._rollout(batch)
-            losses, stats = self._optimize(step)
-        self._log_step(step, stats, len(batch))
+            self._tally(step, batch)
+            self._optimize(step)
+        self.log_dict(step.metrics(self.beta, self.counts, full=logs_this_step(self.trainer)), on_step=True,
+                      on_epoch=False, batch_size=len(batch))
+        loss = torch.zeros((), device=self.device) if step.loss is None else step.loss
         # [B, G]: one row per prompt group, for a curriculum whose window counts groups
-        return {"loss": losses, "ious": step.ious.detach().view(-1, self.num_generations), "samples": step.samples()}
+        return {"loss": loss, "ious": step.ious.detach().view(-1, self.num_generations), "samples": step.samples()}
 
     def _rollout(self, batch: Sequence[Record]) -> GRPOStep:
         """Sample G completions per prompt, then score them at the current τ: rewards and advantages."""
@@ -317,68 +390,110 @@ class GRPOGroundingModule(GroundingModule):
         clock = time.perf_counter()
         with distributed.gathered_for_generation(self, self.fsdp_summon_for_generation):
             rollout = self.policy.sample(batch, G, self.temperature)
-        rollout_s = time.perf_counter() - clock
-
-        clock = time.perf_counter()
+        rollout_s, clock = time.perf_counter() - clock, time.perf_counter()
         records = [batch[i] for i in (range(len(batch)) if rollout.kept is None else rollout.kept)]
         target = gt_boxes(records, device=self.device).repeat_interleave(G, 0)
         ious = box_iou(rollout.boxes.to(self.device, torch.float32), target)
         rewards, parts = self.reward(ious, tau, rollout.texts)
         grouped = rewards.view(-1, G)
-        if rollout.num_rows:
-            advantages = group_advantages(grouped, self.scale_rewards).view(-1)
-            zero_std = zero_std_groups(grouped)
-            all_fail = (parts["accuracy"].view(-1, G) <= 0).all(1)
-        else:
-            advantages, zero_std = rewards, torch.zeros(0, dtype=torch.bool)
-            all_fail = zero_std
-        timings = {"rollout": rollout_s, "reward": time.perf_counter() - clock}
-        counts = self._degenerate_cases(rollout, batch, zero_std, all_fail)
-        return GRPOStep(records, rollout, tau, ious, rewards, parts, advantages, zero_std, timings, counts)
+        advantages = group_advantages(grouped, self.scale_rewards).view(-1) if rollout.num_rows else rewards
+        zero_std = zero_std_groups(grouped) if rollout.num_rows else torch.zeros(0, dtype=torch.bool)
+        all_fail = (parts["accuracy"].view(-1, G) <= 0).all(1)
+        timings = {"rollout": rollout_s, "reward": time.perf_counter() - clock, "logprobs": 0.0, "backward": 0.0}
+        return GRPOStep(records, rollout, tau, ious, rewards, parts, advantages, zero_std, all_fail, timings,
+                        mask=rollout.mask.to(self.device, torch.float32))
 
-    def _optimize(self, step: GRPOStep) -> tuple[Tensor, dict[str, Tensor]]:
-        """μ optimizer steps on one rollout, each backpropagated in row chunks (at most ``micro_batch_size`` rows)."""
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+    def _tally(self, step: GRPOStep, batch: Sequence[Record]) -> None:
+        """Sum this step's degenerate cases over ranks into `Counters` (global totals on every rank), warning once
+        per kind, and set the token normalizer: ``bnpo`` takes this rank's tokens (TRL's local micro-batch),
+        ``dapo`` the tokens of the whole generation batch over all ranks divided by the world size, because DDP
+        averages gradients."""
         rollout = step.rollout
-        step.timings.update(logprobs=0.0, backward=0.0)
-        n = rollout.num_rows
-        mask = rollout.mask.to(self.device, torch.float32)
-        size = self._chunk_rows()
-        chunks = [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
-        num_chunks, total_tokens, any_rows, counts = self._agree(len(chunks), mask.sum(), n > 0, step.counts)
-        for key, value in counts.items():
-            self.counts.add(key, value)
-        if not any_rows:
+        local = {"rejected": len(rollout.rejected), "empty": sum(1 for t in rollout.texts if not t.strip()),
+                 "unparsed": int(torch.isnan(rollout.boxes).any(1).sum()), "zero_std_groups": int(step.zero_std.sum()),
+                 "all_fail_groups": int(step.all_fail.sum())}
+        if rollout.rejected:
+            index, reason = next(iter(rollout.rejected.items()))
+            self.counts.warn_once("rejected", f"{local['rejected']} prompt(s) rejected up front, e.g. record "
+                                              f"{batch[index].get('id')!r}: {reason}")
+        if local["empty"]:
+            self.counts.warn_once("empty", f"{local['empty']} empty completion(s) this step: reward 0")
+        if local["unparsed"]:
+            self.counts.warn_once("unparsed",
+                                  f"{local['unparsed']} completion(s) without a parseable box this step: IoU 0")
+        totals = distributed.sum_over_ranks({**local, "tokens": float(step.mask.sum())})
+        tokens = totals.pop("tokens") / distributed.world_size()
+        step.total_tokens = torch.tensor(tokens, device=self.device) if self.loss_type == "dapo" else step.mask.sum()
+        for key, value in totals.items():
+            self.counts.add(key, int(round(value)))
+
+    def _optimize(self, step: GRPOStep) -> None:
+        """μ optimizer steps on one rollout, each backpropagated in row chunks of at most ``micro_batch_size`` rows,
+        as many chunks on every rank (`distributed.chunk_plan`)."""
+        chunks = distributed.chunk_plan(step.rollout.num_rows, self._chunk_rows())
+        if not chunks:
             self.counts.add("skipped_steps", 1, "every prompt of this step was rejected on every rank: step skipped")
-            return torch.zeros((), device=self.device), self._stats([])
+            return
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        with step.timed("logprobs"):
+            step.old = None if step.rollout.logps is None else step.rollout.logps.to(self.device)
+            if step.old is None and self.num_iterations > 1:
+                step.old = self._logprobs_no_grad(step.rollout, chunks, reference=False)
+            if self.beta > 0:
+                step.ref = self._logprobs_no_grad(step.rollout, chunks, reference=True)
+        with step.timed("backward"):
+            for _ in range(self.num_iterations):
+                step.loss, step.stats = torch.zeros((), device=self.device), []
+                for i, rows in enumerate(chunks):
+                    with distributed.no_gradient_sync(self, block=i < len(chunks) - 1):
+                        loss = self._chunk_loss(step, rows)
+                        self.manual_backward(loss)
+                    step.loss = step.loss + loss.detach()
+                self._step_loss = step.loss
+                optimizer.step()  # on_before_optimizer_step checks and clips; a skipped step still counts (τ, LR)
+                optimizer.zero_grad(set_to_none=True)
+                if scheduler is not None:
+                    scheduler.step()
 
-        clock = time.perf_counter()
-        old = None if rollout.logps is None else rollout.logps.to(self.device)
-        if old is None and self.num_iterations > 1:
-            old = self._logprobs_no_grad(rollout, chunks, num_chunks, reference=False)
-        ref = self._logprobs_no_grad(rollout, chunks, num_chunks, reference=True) if self.beta > 0 else None
-        step.timings["logprobs"] = time.perf_counter() - clock
-        inputs = LossInputs(mask, old, ref, total_tokens, chunks, num_chunks)
+    def _chunk_rows(self) -> int:
+        """Rows per backward chunk. Under FSDP every rank must run the same number of forwards: a chunk is then
+        at most one forward of the policy (`GroundingPolicy.rows_per_forward`), so equal numbers of chunks suffice."""
+        rows = self.policy.rows_per_forward
+        return min(self.micro_batch_size, rows) if rows and distributed.is_sharded(self._trainer) else self.micro_batch_size
 
-        clock = time.perf_counter()
-        last_loss, stats = torch.zeros((), device=self.device), {}
-        for _ in range(self.num_iterations):
-            step_loss, step_stats = torch.zeros((), device=self.device), []
-            for c in range(num_chunks):
-                with distributed.no_gradient_sync(self, block=c < num_chunks - 1):
-                    loss, chunk_stats = self._chunk_loss(step, inputs, c)
-                    self.manual_backward(loss)
-                step_loss = step_loss + loss.detach()
-                if chunk_stats:
-                    step_stats.append((chunk_stats, len(chunks[c])))  # stats only come from real chunks
-            self._step_loss = step_loss
-            optimizer.step()  # on_before_optimizer_step checks and clips; a skipped step still counts (τ, LR)
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
-            last_loss, stats = step_loss, self._stats(step_stats)
-        step.timings["backward"] = time.perf_counter() - clock
-        return last_loss, stats
+    def _chunk_loss(self, step: GRPOStep, rows: Tensor | None) -> Tensor:
+        """The loss of one chunk of rows, its statistics kept in ``step``. A padding pass (``rows`` None: this
+        rank has no rows left) gives a zero-weighted loss through the same forward, or through the trainable
+        weights when this rank has no row at all."""
+        rollout = step.rollout
+        if rows is None:
+            if not rollout.num_rows:
+                return sum(p.sum() * 0.0 for p in self.policy.trainable_parameters())
+            return self.policy.logprobs(rollout, torch.arange(1)).sum() * 0.0
+        logps = self.policy.logprobs(rollout, rows.to(rollout.mask.device)).to(self.device)
+        rows = rows.to(self.device)
+        loss, stats = grpo_loss(
+            logps, logps.detach() if step.old is None else step.old[rows], step.advantages[rows],
+            step.mask[rows], ref_logps=None if step.ref is None else step.ref[rows], beta=self.beta,
+            epsilon=self.epsilon, epsilon_high=self.epsilon_high, loss_type=self.loss_type,
+            # dr_grpo's constant: the generation limit (TRL's max_completion_length), not this batch's width
+            max_completion_length=max(self.policy.max_completion_length, step.mask.shape[1]),
+            total_sequences=rollout.num_rows, total_tokens=step.total_tokens)
+        step.stats.append((stats, len(rows)))
+        return loss
+
+    def _logprobs_no_grad(self, rollout: Rollout, chunks: list[Tensor | None], reference: bool) -> Tensor:
+        """[N, T] log-probs of this rank's rows without gradients; under FSDP also a padding forward per ``None``
+        (every forward all-gathers the weights, so every rank runs as many)."""
+        pad = bool(rollout.num_rows) and distributed.is_sharded(self._trainer)
+        parts = []
+        with torch.no_grad():
+            for rows in chunks:
+                if rows is not None:
+                    parts.append(self.policy.logprobs(rollout, rows.to(rollout.mask.device), reference=reference))
+                elif pad:
+                    self.policy.logprobs(rollout, torch.arange(1).to(rollout.mask.device), reference=reference)
+        return torch.cat(parts).to(self.device) if parts else torch.zeros(rollout.mask.shape, device=self.device)
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """Skip a step whose loss or gradient is NaN/inf on any rank, else clip. Lightning calls this after
@@ -394,7 +509,7 @@ class GRPOGroundingModule(GroundingModule):
             norm = None if scaled else distributed.gradient_norm(self)
         # fp16 AMP: the gradient scaler owns overflowing gradients and skips those steps itself
         finite = finite and (scaled or norm is None or bool(torch.isfinite(norm)))
-        if distributed.any_rank(self, not finite):
+        if distributed.any_rank(not finite):
             self._skip_nonfinite_step(loss)
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
         else:
@@ -414,123 +529,6 @@ class GRPOGroundingModule(GroundingModule):
         rank_zero_warn(f"step {step}: non-finite loss ({float(loss):g}) or gradient: optimizer step skipped, weights "
                        f"unchanged (counted in train/count_nonfinite_steps)")
 
-    def _chunk_rows(self) -> int:
-        """Rows per backward chunk. Under FSDP every rank must run the same number of forwards: a chunk is then
-        at most one forward of the policy (`GroundingPolicy.rows_per_forward`), so agreeing on the number of
-        chunks is enough."""
-        size = self.micro_batch_size
-        rows = self.policy.rows_per_forward
-        return min(size, rows) if rows and distributed.is_sharded(self._trainer) else size
-
-    def _stats(self, items: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
-        """Row-weighted mean of the chunks' loss stats, with the same keys on every rank (zeros without rows)
-        so their mean over ranks is one collective of one shape."""
-        total = sum(w for _, w in items)
-        zero = torch.zeros((), device=self.device)
-        return {k: sum(s[k] * w for s, w in items) / total if total else zero for k in loss_stat_keys(self.beta)}
-
-    def _chunk_loss(self, step: GRPOStep, inputs: LossInputs, c: int) -> tuple[Tensor, dict[str, Tensor]]:
-        rollout, chunks = step.rollout, inputs.chunks
-        if c >= len(chunks):  # (n == 0 means no chunks)
-            # This rank ran out of rows but others did not: every rank must run the same forwards and
-            # backwards (collectives under DDP/FSDP), so run a zero-weighted one.
-            if not chunks:
-                return sum(p.sum() * 0.0 for p in self.policy.trainable_parameters()), {}
-            rows = chunks[0][:1]
-            return self.policy.logprobs(rollout, rows.to(rollout.mask.device)).sum() * 0.0, {}
-        rows = chunks[c]
-        logps = self.policy.logprobs(rollout, rows.to(rollout.mask.device)).to(self.device)
-        rows = rows.to(self.device)
-        return grpo_loss(
-            logps,
-            logps.detach() if inputs.old is None else inputs.old[rows],
-            step.advantages[rows],
-            inputs.mask[rows],
-            ref_logps=None if inputs.ref is None else inputs.ref[rows],
-            beta=self.beta,
-            epsilon=self.epsilon,
-            epsilon_high=self.epsilon_high,
-            loss_type=self.loss_type,
-            # dr_grpo's constant: the generation limit (TRL's max_completion_length), not this batch's width
-            max_completion_length=max(self.policy.max_completion_length, inputs.mask.shape[1]),
-            total_sequences=rollout.num_rows,
-            total_tokens=inputs.total_tokens,
-        )
-
-    def _logprobs_no_grad(self, rollout: Rollout, chunks: list[Tensor], num_chunks: int, reference: bool) -> Tensor:
-        with torch.no_grad():
-            parts = [self.policy.logprobs(rollout, rows.to(rollout.mask.device), reference=reference) for rows in chunks]
-            if chunks and distributed.is_sharded(self._trainer):
-                for _ in range(num_chunks - len(chunks)):  # the forwards other ranks run (FSDP all-gathers)
-                    self.policy.logprobs(rollout, chunks[0][:1].to(rollout.mask.device), reference=reference)
-        return torch.cat(parts).to(self.device)
-
-    def _agree(self, num_chunks: int, tokens: Tensor, any_rows: bool, counts: dict[str, int]
-               ) -> tuple[int, Tensor, bool, dict[str, int]]:
-        """Agree across ranks on the number of backward chunks, pick the token normalizer, and sum the step's
-        degenerate-case counts (so `Counters` hold global totals on every rank).
-
-        ``bnpo`` normalizes by this rank's tokens (TRL's local micro-batch); ``dapo`` by the tokens of the
-        whole generation batch over all ranks, divided by the world size because DDP averages gradients.
-        """
-        world = distributed.world_size(self)
-        if world == 1:
-            return num_chunks, tokens, any_rows, counts
-        keys = sorted(counts)
-        maxed, summed = distributed.max_and_sum(self, [num_chunks, float(tokens), float(any_rows)]
-                                                + [counts[k] for k in keys])
-        total = summed[1] / world if self.loss_type == "dapo" else tokens
-        totals = {k: int(round(float(v))) for k, v in zip(keys, summed[3:])}
-        return int(maxed[0]), total, bool(maxed[2] > 0), totals
-
-    # --- bookkeeping ----------------------------------------------------------------------------------
-    def _degenerate_cases(self, rollout: Rollout, batch: Sequence[Record], zero_std: Tensor,
-                          all_fail: Tensor) -> dict[str, int]:
-        """This rank's prompts rejected up front, empty and unparsed completions, zero-std and all-fail groups (no
-        accuracy reward at all: the zero-std groups a too-strict τ causes). Each kind is warned about once."""
-        counts = {
-            "rejected": len(rollout.rejected),
-            "empty": sum(1 for t in rollout.texts if not t.strip()),
-            "unparsed": int(torch.isnan(rollout.boxes).any(1).sum()),
-            "zero_std_groups": int(zero_std.sum()),
-            "all_fail_groups": int(all_fail.sum()),
-        }
-        if rollout.rejected:
-            index, reason = next(iter(rollout.rejected.items()))
-            self.counts.warn_once("rejected", f"{counts['rejected']} prompt(s) rejected up front, e.g. record "
-                                              f"{batch[index].get('id')!r}: {reason}")
-        if counts["empty"]:
-            self.counts.warn_once("empty", f"{counts['empty']} empty completion(s) this step: reward 0")
-        if counts["unparsed"]:
-            self.counts.warn_once("unparsed",
-                                  f"{counts['unparsed']} completion(s) without a parseable box this step: IoU 0")
-        return counts
-
-    def _log_step(self, step: GRPOStep, stats: dict[str, Tensor], batch_size: int) -> None:
-        rollout, rewards, n = step.rollout, step.rewards, max(step.rollout.num_rows, 1)
-        self.log("reward", rewards.sum() / n, prog_bar=True, on_step=True, batch_size=batch_size, logger=False)
-        if not logs_this_step(self.trainer):
-            return  # each self.log costs ~1 ms here: build the full set only when the logger writes
-        grouped = rewards.view(-1, self.num_generations) if rollout.num_rows else rewards.view(0, 1)
-        values: dict[str, float | Tensor] = {
-            "train/reward": rewards.sum() / n,
-            "train/reward_std": grouped.std(1).mean() if rollout.num_rows else torch.zeros(()),
-            "train/frac_reward_zero_std": step.zero_std.float().mean() if step.zero_std.numel() else torch.ones(()),
-            "train/accuracy_reward": step.parts["accuracy"].sum() / n,
-            "train/format_reward": step.parts["format"].sum() / n,
-            "train/iou": step.ious.sum() / n,
-            "train/parse_rate": (~torch.isnan(rollout.boxes).any(1)).float().sum() / n,
-            "train/completion_length": rollout.mask.sum(1).float().sum() / n,
-            **{f"train/{k}": v for k, v in stats.items()},
-            **{f"train/{k}": v.float().sum() / n for k, v in rollout.info.items() if v.numel() == rollout.num_rows},
-        }
-        values = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in values.items()}
-        values = distributed.mean_over_ranks(self, values)
-        values["train/tau"] = torch.tensor(step.tau)
-        values.update({f"time/{k}_s": torch.tensor(v) for k, v in step.timings.items()})
-        values.update({f"train/count_{k}": torch.tensor(float(v)) for k, v in self.counts.items()})
-        self.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["medloc_counts"] = self.counts.state_dict()
@@ -540,18 +538,24 @@ class GRPOGroundingModule(GroundingModule):
         super().on_load_checkpoint(checkpoint)
         self.counts.load_state_dict(checkpoint.get("medloc_counts", {}))
         self._nonfinite_streak = int(checkpoint.get("medloc_nonfinite_streak", 0))
-        self._warn_if_curriculum_dropped(checkpoint)
 
-    def _warn_if_curriculum_dropped(self, checkpoint: dict[str, Any]) -> None:
-        """Training resumed without the curriculum callback that saved τ would silently train at this module's
-        own ``iou_threshold``: say so."""
-        if self._trainer is None or self.trainer.state.fn != "fit":
-            return
-        present = {getattr(cb, "state_key", None) for cb in self.trainer.callbacks}
-        for key, state in checkpoint.get("callbacks", {}).items():
-            if key.startswith("ThresholdCurriculumCallback") and key not in present:
-                saved_tau = state.get("schedule", {}).get("tau") if isinstance(state, dict) else None
-                rank_zero_warn(f"the checkpoint carries curriculum state (tau = {saved_tau}) but no matching "
-                               f"ThresholdCurriculumCallback is configured: training continues at iou_threshold = "
-                               f"{self.iou_threshold}. Configure the curriculum it was trained with to resume it.")
 
+def _check_grpo_args(*, num_generations: int, temperature: float, loss_type: str, scale_rewards: str,
+                     num_iterations: int, micro_batch_size: int, beta: float, iou_threshold: float,
+                     max_nonfinite_steps: int) -> None:
+    if num_generations < 2:
+        raise ConfigError(f"num_generations must be >= 2 (GRPO compares completions in a group), got {num_generations}")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if scale_rewards not in ADVANTAGE_SCALES:
+        raise ConfigError(f"scale_rewards must be one of {ADVANTAGE_SCALES}, got {scale_rewards!r}")
+    if num_iterations < 1 or micro_batch_size < 1:
+        raise ConfigError(f"num_iterations and micro_batch_size must be >= 1, got {num_iterations}, {micro_batch_size}")
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {beta!r}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ConfigError(f"iou_threshold must lie in [0, 1], got {iou_threshold!r}")
+    if max_nonfinite_steps < 1:
+        raise ConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps!r}")

@@ -1,34 +1,28 @@
 """How `medloc` and `medloc-data` end on a user error: one ``PROG: error: ...`` line, not pages of traceback.
 
-A user error is a `medloc_lightning.errors.MedlocError`, or a ``ValueError`` or ``FileNotFoundError`` raised by
-medloc's own checks (its innermost frame is in this package), found anywhere in the chain of exceptions
-(jsonargparse wraps the errors of the classes it builds). Anything else keeps its traceback, and so does every error when ``MEDLOC_TRACEBACK=1``.
+A user error is a `medloc_lightning.errors.MedlocError`, which medloc raises where it detects a user's mistake,
+found anywhere in the chain of exceptions (jsonargparse wraps the errors of the classes it builds). Anything
+else keeps its traceback, and so does every error when ``MEDLOC_TRACEBACK=1``.
 """
 from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Callable, TypeVar
 
 from medloc_lightning.errors import MedlocError
 
 TRACEBACK_ENV = "MEDLOC_TRACEBACK"
-USER_ERRORS = (ValueError, FileNotFoundError)
 EXIT_CODE = 2
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 T = TypeVar("T")
 
 
 def find_user_error(err: BaseException | None) -> BaseException | None:
-    """The first exception in ``err``'s chain (itself, then its causes) that our own checks raised, or None."""
+    """The first `MedlocError` in ``err``'s chain (itself, then its causes), or None."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        frames = traceback.extract_tb(err.__traceback__)
         if isinstance(err, MedlocError):
-            return err
-        if isinstance(err, USER_ERRORS) and frames and os.path.abspath(frames[-1].filename).startswith(_PACKAGE):
             return err
         err = err.__cause__ or err.__context__
     return None

@@ -23,7 +23,7 @@ def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random-weight Qwen2.5-VL folder, built offline once per test session."""
-    from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+    from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
 
     return str(tiny_qwen_path(tmp_path_factory.mktemp("tiny-qwen")))
 

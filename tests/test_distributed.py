@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,15 @@ def test_step_seeds_differ_for_every_rank_and_step():
         draw = torch.rand(4)
     torch.manual_seed(3 * 1_000_003 + 5)
     assert torch.equal(draw, torch.rand(4))  # one process: the same streams as earlier releases
+
+
+def test_only_the_distributed_module_talks_to_other_ranks():
+    """Collectives live in medloc_lightning/distributed.py alone: no other module calls torch.distributed (beyond
+    its fsdp, tensor and device-mesh types) or a Lightning strategy's reduce, gather, broadcast or barrier."""
+    package = Path(__file__).parents[1] / "medloc_lightning"
+    talks = re.compile(r"torch\.distributed\.(?!fsdp\b|tensor\b|device_mesh\b)\w+|import torch\.distributed as"
+                       r"|from torch\.distributed import|strategy\.(reduce|all_gather|broadcast|barrier)\b")
+    found = [f"{path.relative_to(package)}:{number}: {line.strip()}"
+             for path in sorted(package.rglob("*.py")) if path.name != "distributed.py" or path.parent != package
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if talks.search(line)]
+    assert found == []

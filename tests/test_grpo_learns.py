@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from medloc_lightning.boxes import box_iou
 from medloc_lightning.data.synth import PRESETS, make_record
 from medloc_lightning.module import GRPOGroundingModule
-from medloc_lightning.policies.base import gt_boxes
+from medloc_lightning.data.records import gt_boxes
 from medloc_lightning.policies.qwen import QwenVLPolicy
 from medloc_lightning.prior import PRIOR_PROMPT_TEMPLATE
 from medloc_lightning.rewards import GroundingReward

@@ -12,9 +12,11 @@ from medloc_lightning.boxes import box_iou
 from medloc_lightning.pretrained import shipped_path
 from medloc_lightning.data.synth import PRESETS, make_record
 from medloc_lightning.parsing import has_valid_format
-from medloc_lightning.policies.base import gt_boxes
+from medloc_lightning.data.records import gt_boxes
 from medloc_lightning.policies.qwen import QwenVLPolicy
-from medloc_lightning.prior import PRIOR_PROMPT_TEMPLATE, REPORT_FILE, build_qwen_grounding_prior, grounding_report
+from medloc_lightning.lab.qwen_prior import build_qwen_grounding_prior
+from medloc_lightning.lab.report import grounding_report
+from medloc_lightning.prior import PRIOR_PROMPT_TEMPLATE, REPORT_FILE
 
 NAME = "medloc:tiny-qwen2.5-vl-grounding"
 SIZE = 84
@@ -39,7 +41,7 @@ def prior() -> QwenVLPolicy:
 def test_the_shipped_folder_loads_with_the_stock_classes_and_is_small() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
 
     path = shipped_path(NAME)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
@@ -100,14 +102,14 @@ def test_warm_start_scores_the_last_weights_and_reloads_the_best(tmp_path: Path,
 
 
 def test_the_command_line_gives_the_shipped_recipe_and_validates_exactly_val_records(monkeypatch) -> None:
-    from medloc_lightning import prior
+    from medloc_lightning.lab import qwen_prior, report
 
     seen = {}
-    monkeypatch.setattr(prior, "build_qwen_grounding_prior", lambda out, **kw: seen.update(kw) or {})
-    prior.main(["--out", "unused"])
+    monkeypatch.setattr(qwen_prior, "build_qwen_grounding_prior", lambda out, **kw: seen.update(kw) or {})
+    qwen_prior.main(["--out", "unused"])
     shipped = json.loads((shipped_path(NAME) / REPORT_FILE).read_text())["recipe"]
     pixels = seen["size"] ** 2
     assert {"min_pixels": pixels, "max_pixels": pixels, **seen["dims"]} == shipped["dims"]
     # whole batches of at most 32 covering exactly val_records (200 -> 8 x 25, not 7 x 32 = 224)
-    assert [prior._eval_batch_size(n) for n in (200, 4, 64, 37)] == [25, 4, 32, 1]
-    assert prior.json_ready({"r": [float("nan"), 1.0], "x": float("inf")}) == {"r": [None, 1.0], "x": None}
+    assert [qwen_prior._eval_batch_size(n) for n in (200, 4, 64, 37)] == [25, 4, 32, 1]
+    assert report.json_ready({"r": [float("nan"), 1.0], "x": float("inf")}) == {"r": [None, 1.0], "x": None}

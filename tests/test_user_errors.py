@@ -39,6 +39,17 @@ def test_the_user_error_is_found_inside_a_wrapping_chain():
     assert find_user_error(RuntimeError("not a user error")) is None
 
 
+def test_a_plain_value_error_from_inside_medloc_is_not_a_user_error():
+    """Only a MedlocError counts: where an error was raised says nothing about whose mistake it was."""
+    import torch
+
+    from medloc_lightning.boxes import box_iou
+
+    with pytest.raises(ValueError) as caught:
+        box_iou(torch.zeros(2, 4), torch.zeros(3, 4))  # a caller's bug, raised by medloc's own code
+    assert find_user_error(caught.value) is None
+
+
 def _medloc(*args, env=None):
     return subprocess.run([sys.executable, "-m", "medloc_lightning.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),

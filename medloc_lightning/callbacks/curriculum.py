@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from medloc_lightning import distributed
 from medloc_lightning.curriculum import CurriculumMismatchError, ThresholdCurriculum, ThresholdSchedule
 from medloc_lightning.lightning_utils import logs_this_step, total_optimizer_steps
 
@@ -84,7 +85,7 @@ class ThresholdCurriculumCallback(pl.Callback):
         local = [] if ious is None else list(_groups(ious.detach().to(torch.float32)))
         # Gathered every micro-batch, so every rank holds every rank's pending IoUs and a checkpoint (written by
         # rank 0) resumes them on every rank.
-        for rank, groups in enumerate(_gather_groups(trainer, local, pl_module.device)):
+        for rank, groups in enumerate(distributed.gather_ragged(local)):
             if rank == len(self._pending):
                 self._pending.append([])
             self._pending[rank].extend(groups)
@@ -132,11 +133,8 @@ class ThresholdCurriculumCallback(pl.Callback):
             rank_zero_warn(f"{err} reset_on_mismatch=True: the configured schedule starts afresh at tau = "
                            f"{self.schedule.tau} with an empty window.")
             return
-        if "pending_by_rank" in state_dict:
-            self._pending = [[g.clone() for g in groups] for groups in state_dict["pending_by_rank"]]
-        else:  # older checkpoints kept rank 0's pending IoUs only
-            self._pending = [[g.clone() for t in state_dict.get("pending", []) for g in _groups(t)]]
-        self._last_global_step = state_dict.get("last_global_step")
+        self._pending = [[g.clone() for g in groups] for groups in state_dict["pending_by_rank"]]
+        self._last_global_step = state_dict["last_global_step"]
 
 
 def _find_ious(outputs: Any, key: str) -> torch.Tensor | None:
@@ -153,29 +151,3 @@ def _find_ious(outputs: Any, key: str) -> torch.Tensor | None:
 def _groups(ious: torch.Tensor) -> torch.Tensor:
     """The rows of ``ious`` along its last axis (a 0-D or 1-D tensor is one row)."""
     return ious.reshape(1, -1) if ious.ndim < 2 else ious.reshape(-1, ious.shape[-1])
-
-
-def _gather_groups(trainer: pl.Trainer, groups: list[torch.Tensor], device: torch.device) -> list[list[torch.Tensor]]:
-    """Every rank's groups of IoUs (1-D float32 tensors, on the CPU), indexed by rank; every rank calls it.
-    Three small all-gathers: how many groups, their lengths, the IoUs."""
-    lengths = [len(g) for g in groups]
-    values = torch.cat(groups) if groups else torch.zeros(0)
-    if trainer.world_size == 1:
-        return [list(torch.split(values.cpu(), lengths))]
-    counts = _all_gather_padded(trainer, torch.tensor([len(groups)], dtype=torch.long, device=device), 1)
-    counts = counts[:, 0].tolist()
-    if max(counts) == 0:
-        return [[] for _ in counts]
-    all_lengths = _all_gather_padded(trainer, torch.tensor(lengths, dtype=torch.long, device=device), max(counts))
-    lengths_by_rank = [all_lengths[r, :c].tolist() for r, c in enumerate(counts)]
-    totals = [sum(ls) for ls in lengths_by_rank]
-    width = max(totals)
-    everything = _all_gather_padded(trainer, values.to(device), width) if width else torch.zeros(len(counts), 0)
-    return [list(torch.split(everything[r, :t], ls)) for r, (t, ls) in enumerate(zip(totals, lengths_by_rank))]
-
-
-def _all_gather_padded(trainer: pl.Trainer, local: torch.Tensor, size: int) -> torch.Tensor:
-    """All-gather a 1-D tensor padded with zeros to ``size``: [world_size, size], on the CPU."""
-    padded = torch.zeros(size, dtype=local.dtype, device=local.device)
-    padded[: local.numel()] = local
-    return trainer.strategy.all_gather(padded).reshape(trainer.world_size, size).cpu()

@@ -56,6 +56,8 @@ class StepProgressBar(TQDMProgressBar):
         """The progress-bar metrics by the last part of their name (``curriculum/tau`` -> ``tau``), no ``v_num``."""
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        if "train/reward" in trainer.callback_metrics:  # the GRPO module's mean reward
+            items["train/reward"] = f"{float(trainer.callback_metrics['train/reward']):.3g}"
         short = Counter(key.rsplit("/", 1)[-1] for key in items)
         return {(key.rsplit("/", 1)[-1] if short[key.rsplit("/", 1)[-1]] == 1 else key): value
                 for key, value in items.items()}

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import lightning.pytorch as pl
 import numpy as np
 
+from medloc_lightning.errors import ConfigError
 from medloc_lightning.plotting import GT_COLOUR, PRED_COLOUR, draw_boxes
 
 
@@ -33,7 +34,7 @@ class SampleLoggingCallback(pl.Callback):
     def __init__(self, every_n_steps: int = 50, num_samples: int = 2) -> None:
         super().__init__()
         if every_n_steps < 1 or num_samples < 1:
-            raise ValueError(f"every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}")
+            raise ConfigError(f"every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}")
         self.every_n_steps, self.num_samples = int(every_n_steps), int(num_samples)
         self._step_at_start = 0
 

@@ -40,7 +40,6 @@ The core imports no Lightning: `ThresholdCurriculumCallback` is the thin adapter
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections import deque
 from typing import Any, Literal, Sequence, get_args
@@ -48,6 +47,7 @@ from typing import Any, Literal, Sequence, get_args
 import numpy as np
 
 from medloc_lightning.curriculum.steps import PiecewiseStep, StepSchedule
+from medloc_lightning.errors import CheckpointError, ConfigError
 
 Check = Literal["accuracy", "stability", "margin"]
 CHECKS: tuple[str, ...] = get_args(Check)
@@ -58,17 +58,17 @@ WINDOW_UNITS: tuple[str, ...] = get_args(WindowUnit)
 def _check_tau(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be an IoU threshold in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} must be an IoU threshold in [0, 1], got {value!r}")
     return value
 
 
 def _as_pair(name: str, value: float | Sequence[float], low: float, high: float) -> tuple[float, float]:
     pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
     if len(pair) != 2:
-        raise ValueError(f"{name} must be a float or a pair (at tau_start, at tau_target), got {value!r}")
+        raise ConfigError(f"{name} must be a float or a pair (at tau_start, at tau_target), got {value!r}")
     out = tuple(float(v) for v in pair)
     if not all(low <= v <= high for v in out):
-        raise ValueError(f"{name} values must lie in [{low}, {high}], got {value!r}")
+        raise ConfigError(f"{name} values must lie in [{low}, {high}], got {value!r}")
     return out  # type: ignore[return-value]
 
 
@@ -95,7 +95,7 @@ def _outside(tau: float, low: float, high: float) -> str | None:
     return None if low <= tau <= high else f"lies outside [{low}, {high}]"
 
 
-class CurriculumMismatchError(ValueError):
+class CurriculumMismatchError(CheckpointError):
     """A saved schedule state that belongs to another schedule (kind or settings) than the configured one."""
 
 
@@ -141,14 +141,6 @@ def hit_fraction(ious: np.ndarray, tau: float) -> float:
     return float(np.count_nonzero(ious >= np.float32(tau))) / ious.size
 
 
-def _saved_settings(state: dict[str, Any]) -> dict[str, Any]:
-    """The settings ``state`` was saved with, as `ThresholdSchedule.settings` gives them, older states included:
-    before settings were saved, the window was kept at top level; before ``window_unit`` existed, every window
-    counted steps. A setting named ``tau`` (FixedThreshold's) is the saved τ itself, as ``settings()`` reads it."""
-    older = {k: state[k] for k in ("window", "window_unit") if k in state}
-    return {"window_unit": "step", **(state.get("settings") or older), "tau": state["tau"]}
-
-
 class ThresholdSchedule:
     """Base class: a τ that moves as IoUs are observed, with window statistics for monitoring.
 
@@ -158,19 +150,25 @@ class ThresholdSchedule:
     schedules need it. Baselines keep the same window so their statistics are logged alike.
     """
 
-    def __init__(self, tau: float, window: int = 30, window_unit: WindowUnit = "step") -> None:
-        if int(window) != window or window < 2:
-            raise ValueError(f"window must be an integer >= 2, got {window!r}")
-        if window_unit not in WINDOW_UNITS:
-            raise ValueError(f"window_unit must be one of {WINDOW_UNITS}, got {window_unit!r}")
-        self.window = int(window)
-        self.window_unit = window_unit
+    settings: Any
+    """The constructor's arguments, checked: a frozen dataclass per schedule (``Settings``), saved with the state
+    so that a checkpoint is never resumed under another schedule. Each reads as an attribute too."""
+
+    def __init__(self, tau: float, settings: Any) -> None:
+        self.settings = settings
         self._tau = _check_tau("tau", tau)
         # one window entry per step or group: (float32 IoUs, hit fraction, mean IoU)
-        self._steps: deque[tuple[np.ndarray, float, float]] = deque(maxlen=self.window)
+        self._entries: deque[tuple[np.ndarray, float, float]] = deque(maxlen=self.window)
         self.num_steps = 0
+        """Observed steps (``observe`` calls)."""
         self.num_raises = 0
         self.events: list[dict[str, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings.__dataclass_fields__:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def tau(self) -> float:
@@ -178,11 +176,11 @@ class ThresholdSchedule:
 
     # --- window -----------------------------------------------------------------------------------
     def _push(self, arr: np.ndarray) -> None:
-        self._steps.append((arr, hit_fraction(arr, self._tau), float(arr.mean(dtype=np.float64))))
+        self._entries.append((arr, hit_fraction(arr, self._tau), float(arr.mean(dtype=np.float64))))
 
     def _rescore(self) -> None:
         """Re-read the kept entries against the current τ."""
-        self._steps = deque(((a, hit_fraction(a, self._tau), m) for a, _, m in self._steps), maxlen=self.window)
+        self._entries = deque(((a, hit_fraction(a, self._tau), m) for a, _, m in self._entries), maxlen=self.window)
 
     def _set_tau(self, tau: float, rescore: bool = True) -> bool:
         tau = round(tau, 10)  # 0.3 + 0.15 must be 0.45, so a chain of raises lands exactly on tau_target
@@ -197,17 +195,17 @@ class ThresholdSchedule:
 
     @property
     def window_full(self) -> bool:
-        return len(self._steps) == self.window
+        return len(self._entries) == self.window
 
     @property
     def stats(self) -> dict[str, float]:
         """r̄, σ, m̄ of the window as it is now (NaN when it is empty), plus τ and counters."""
-        n = len(self._steps)
+        n = len(self._entries)
         if n:
-            hits = [h for _, h, _ in self._steps]
+            hits = [h for _, h, _ in self._entries]
             hit_rate = sum(hits) / n
             reward_std = math.sqrt(max(sum((h - hit_rate) ** 2 for h in hits) / n, 0.0))
-            mean_iou = sum(m for _, _, m in self._steps) / n
+            mean_iou = sum(m for _, _, m in self._entries) / n
         else:
             hit_rate = reward_std = mean_iou = math.nan
         return {
@@ -225,35 +223,29 @@ class ThresholdSchedule:
         (bad IoUs, bad progress, a failing update) records nothing."""
         entries = as_iou_groups(ious) if self.window_unit == "group" else [as_iou_array(ious)]
         progress = None if progress is None else _check_progress(progress)
-        before = {**self.__dict__, "_steps": self._steps.copy(), "events": list(self.events)}
+        before = (self._tau, self._entries.copy(), self.num_steps, self.num_raises, len(self.events))
         for entry in entries:
             self._push(entry)
         self.num_steps += 1
         try:
             return self._update(progress)
         except BaseException:
-            self.__dict__.update(before)
+            self._tau, self._entries, self.num_steps, self.num_raises, events = before
+            del self.events[events:]
             raise
 
     def _update(self, progress: float | None) -> bool:
         return False
 
     # --- state ------------------------------------------------------------------------------------
-    def settings(self) -> dict[str, Any]:
-        """The constructor arguments this schedule was built with (each stored under its own name), as plain
-        containers. Saved with the state, so a checkpoint is never resumed under another schedule."""
-        names = [n for n, p in inspect.signature(type(self).__init__).parameters.items()
-                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        return {n: _plain(getattr(self, n)) for n in names if hasattr(self, n)}
-
     def state_dict(self) -> dict[str, Any]:
         """Plain Python containers only, so checkpoints load with ``torch.load(weights_only=True)``."""
         return {
             "kind": type(self).__name__,
-            "settings": self.settings(),
+            "settings": {f.name: _plain(getattr(self.settings, f.name)) for f in dataclasses.fields(self.settings)},
             "tau": self._tau,
-            "steps": [a.tolist() for a, _, _ in self._steps],
-            "hits": [h for _, h, _ in self._steps],
+            "entries": [a.tolist() for a, _, _ in self._entries],
+            "hits": [h for _, h, _ in self._entries],
             "num_steps": self.num_steps,
             "num_raises": self.num_raises,
             "events": [dict(e) for e in self.events],
@@ -261,10 +253,14 @@ class ThresholdSchedule:
 
     def check_compatible(self, state: dict[str, Any]) -> None:
         """Raise :class:`CurriculumMismatchError` if ``state`` was saved by another kind of schedule or with
-        other settings. Settings only one side knows (added after the checkpoint was written) are not compared."""
-        kind, saved, mine = state.get("kind", type(self).__name__), _saved_settings(state), self.settings()
-        diffs = [f"{k}: saved {saved[k]!r}, configured {mine[k]!r}" for k in sorted(saved.keys() & mine.keys())
-                 if saved[k] != mine[k]]
+        other settings."""
+        missing = [k for k in self.state_dict() if k not in state]
+        if missing:
+            raise CheckpointError(f"invalid curriculum state: it lacks {missing} (not saved by this version's "
+                                  f"{type(self).__name__}.state_dict)")
+        kind, saved, mine = state["kind"], state["settings"], self.state_dict()["settings"]
+        diffs = [f"{k}: saved {saved.get(k)!r}, configured {mine.get(k)!r}" for k in sorted(saved.keys() | mine.keys())
+                 if saved.get(k) != mine.get(k)]
         if kind != type(self).__name__ or diffs:
             what = f"a {kind}, the configured schedule is a {type(self).__name__}" if kind != type(self).__name__ \
                 else f"a {kind} with other settings ({'; '.join(diffs)})"
@@ -281,28 +277,26 @@ class ThresholdSchedule:
         problem = None if 0.0 <= tau <= 1.0 else "must be an IoU threshold in [0, 1]"
         problem = problem or self._tau_problem(tau)
         if problem:
-            raise ValueError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
-        if len(state["steps"]) > self.window:
-            raise ValueError(f"invalid curriculum state: {len(state['steps'])} window entries for a window of "
+            raise CheckpointError(f"invalid curriculum state: tau {state['tau']!r} {problem}")
+        if len(state["entries"]) > self.window:
+            raise CheckpointError(f"invalid curriculum state: {len(state['entries'])} window entries for a window of "
                              f"{self.window}")
         arrays = []
-        for i, ious in enumerate(state["steps"]):
+        for i, ious in enumerate(state["entries"]):
             try:
                 arrays.append(as_iou_array(ious))
             except ValueError as err:
-                raise ValueError(f"invalid curriculum state: window entry {i}: {err}") from None
-        hits = state.get("hits")  # as earned: they differ from a re-read after a raise without rescoring
-        if hits is None:
-            hits = [hit_fraction(arr, tau) for arr in arrays]
-        elif len(hits) != len(arrays) or not all(0.0 <= float(h) <= 1.0 for h in hits):
-            raise ValueError(f"invalid curriculum state: hits {hits!r} for {len(arrays)} window entries")
-        steps = deque(((arr, float(h), float(arr.mean(dtype=np.float64))) for arr, h in zip(arrays, hits)),
-                      maxlen=self.window)
+                raise CheckpointError(f"invalid curriculum state: window entry {i}: {err}") from None
+        hits = state["hits"]  # as earned: they differ from a re-read after a raise without rescoring
+        if len(hits) != len(arrays) or not all(0.0 <= float(h) <= 1.0 for h in hits):
+            raise CheckpointError(f"invalid curriculum state: hits {hits!r} for {len(arrays)} window entries")
+        entries = deque(((arr, float(h), float(arr.mean(dtype=np.float64))) for arr, h in zip(arrays, hits)),
+                        maxlen=self.window)
         num_steps, num_raises = int(state["num_steps"]), int(state["num_raises"])
-        if num_raises < 0 or (self.window_unit == "step" and num_steps < len(steps)):
-            raise ValueError(f"invalid curriculum state: num_steps {num_steps} and num_raises {num_raises} for "
-                             f"{len(steps)} window entries")
-        self._tau, self._steps, self.num_steps, self.num_raises = tau, steps, num_steps, num_raises
+        if num_raises < 0 or (self.window_unit == "step" and num_steps < len(entries)):
+            raise CheckpointError(f"invalid curriculum state: num_steps {num_steps} and num_raises {num_raises} for "
+                             f"{len(entries)} window entries")
+        self._tau, self._entries, self.num_steps, self.num_raises = tau, entries, num_steps, num_raises
         self.events = [dict(e) for e in state["events"]]
 
     def _tau_problem(self, tau: float) -> str | None:
@@ -313,8 +307,42 @@ class ThresholdSchedule:
         return f"{type(self).__name__}(tau={self._tau:.4g}, steps={self.num_steps}, raises={self.num_raises})"
 
 
+def _window(window: int, window_unit: str) -> int:
+    if int(window) != window or window < 2:
+        raise ConfigError(f"window must be an integer >= 2, got {window!r}")
+    if window_unit not in WINDOW_UNITS:
+        raise ConfigError(f"window_unit must be one of {WINDOW_UNITS}, got {window_unit!r}")
+    return int(window)
+
+
+def _tau_range(tau_start: float, tau_target: float) -> tuple[float, float]:
+    low, high = _check_tau("tau_start", tau_start), _check_tau("tau_target", tau_target)
+    if low >= high:
+        raise ConfigError(f"tau_start ({low}) must be < tau_target ({high})")
+    return low, high
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumSettings:
+    """`ThresholdCurriculum`'s settings (see its arguments)."""
+
+    tau_start: float
+    tau_target: float
+    window: int
+    step: StepSchedule
+    min_hit_rate: tuple[float, float]
+    max_reward_std: tuple[float, float]
+    min_margin: float
+    refresh: float
+    checks: tuple[str, ...]
+    window_unit: str
+    rescore_on_raise: bool
+
+
 class ThresholdCurriculum(ThresholdSchedule):
     """MedLoc-R1: raise τ only when the model is accurate (r̄ ≥ P_τ), stable (σ ≤ S_τ) and has margin (m̄ ≥ Δ)."""
+
+    settings: CurriculumSettings
 
     def __init__(
         self,
@@ -330,32 +358,25 @@ class ThresholdCurriculum(ThresholdSchedule):
         window_unit: WindowUnit = "step",
         rescore_on_raise: bool = True,
     ) -> None:
-        tau_start = _check_tau("tau_start", tau_start)
-        self.tau_target = _check_tau("tau_target", tau_target)
-        if tau_start >= self.tau_target:
-            raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
-        super().__init__(tau_start, window, window_unit)
+        tau_start, tau_target = _tau_range(tau_start, tau_target)
+        step = PiecewiseStep() if step is None else step
+        if not callable(step):
+            raise ConfigError(f"step must be a step schedule such as PiecewiseStep, got {step!r}")
         if not isinstance(rescore_on_raise, bool):
-            raise ValueError(f"rescore_on_raise must be a bool, got {rescore_on_raise!r}")
-        self.rescore_on_raise = rescore_on_raise
-        self.tau_start = tau_start
-        self.step = PiecewiseStep() if step is None else step
-        if not callable(self.step):
-            raise ValueError(f"step must be a step schedule such as PiecewiseStep, got {step!r}")
-        self.min_hit_rate = _as_pair("min_hit_rate", min_hit_rate, 0.0, 1.0)
-        self.max_reward_std = _as_pair("max_reward_std", max_reward_std, 0.0, math.inf)
-        self.min_margin = float(min_margin)
-        if not math.isfinite(self.min_margin) or self.min_margin < 0.0:
-            raise ValueError(f"min_margin must be >= 0, got {min_margin!r}")
-        self.refresh = float(refresh)
-        if not 0.0 < self.refresh <= 1.0:
-            raise ValueError(f"refresh must lie in (0, 1], got {refresh!r}")
-        if isinstance(checks, str):
-            checks = (checks,)
+            raise ConfigError(f"rescore_on_raise must be a bool, got {rescore_on_raise!r}")
+        if not math.isfinite(float(min_margin)) or float(min_margin) < 0.0:
+            raise ConfigError(f"min_margin must be >= 0, got {min_margin!r}")
+        if not 0.0 < float(refresh) <= 1.0:
+            raise ConfigError(f"refresh must lie in (0, 1], got {refresh!r}")
+        checks = (checks,) if isinstance(checks, str) else tuple(checks)
         unknown = [c for c in checks if c not in CHECKS]
         if unknown:
-            raise ValueError(f"checks has unknown entries {unknown}; choose from {CHECKS}")
-        self.checks = tuple(checks)
+            raise ConfigError(f"checks has unknown entries {unknown}; choose from {CHECKS}")
+        super().__init__(tau_start, CurriculumSettings(
+            tau_start=tau_start, tau_target=tau_target, window=_window(window, window_unit), step=step,
+            min_hit_rate=_as_pair("min_hit_rate", min_hit_rate, 0.0, 1.0),
+            max_reward_std=_as_pair("max_reward_std", max_reward_std, 0.0, math.inf), min_margin=float(min_margin),
+            refresh=float(refresh), checks=checks, window_unit=window_unit, rescore_on_raise=rescore_on_raise))
 
     def _tau_problem(self, tau: float) -> str | None:
         return _outside(tau, self.tau_start, self.tau_target)
@@ -393,16 +414,37 @@ class ThresholdCurriculum(ThresholdSchedule):
         if not delta > 0.0:
             raise ValueError(f"step schedule returned a non-positive step {delta!r}")
         drop = max(1, _round_half_up(self.refresh * self.window))
-        for _ in range(min(drop, len(self._steps))):
-            self._steps.popleft()
+        for _ in range(min(drop, len(self._entries))):
+            self._entries.popleft()
         return self._set_tau(min(self._tau + delta, self.tau_target), rescore=self.rescore_on_raise)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedSettings:
+    """`FixedThreshold`'s settings."""
+
+    tau: float
+    window: int
+    window_unit: str
 
 
 class FixedThreshold(ThresholdSchedule):
     """A constant τ (VLM-R1 uses 0.5)."""
 
+    settings: FixedSettings
+
     def __init__(self, tau: float = 0.5, window: int = 30, window_unit: WindowUnit = "step") -> None:
-        super().__init__(tau, window, window_unit)
+        tau = _check_tau("tau", tau)
+        super().__init__(tau, FixedSettings(tau=tau, window=_window(window, window_unit), window_unit=window_unit))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressSettings:
+    """`ProgressSchedule`'s settings."""
+
+    milestones: tuple[tuple[float, float], ...]
+    window: int
+    window_unit: str
 
 
 class ProgressSchedule(ThresholdSchedule):
@@ -410,22 +452,22 @@ class ProgressSchedule(ThresholdSchedule):
     milestone with progress ≤ progress_upto. V-Triune is ``[(0.10, 0.85), (0.25, 0.95), (1.0, 0.99)]``."""
 
     V_TRIUNE = ((0.10, 0.85), (0.25, 0.95), (1.0, 0.99))
+    settings: ProgressSettings
 
     def __init__(self, milestones: Sequence[Sequence[float]] = V_TRIUNE, window: int = 30,
                  window_unit: WindowUnit = "step") -> None:
-        ms = [tuple(float(v) for v in m) for m in milestones]
+        ms = tuple(tuple(float(v) for v in m) for m in milestones)
         if not ms or any(len(m) != 2 for m in ms):
-            raise ValueError(f"milestones must be a non-empty list of (progress_upto, tau) pairs, got {milestones!r}")
+            raise ConfigError(f"milestones must be a non-empty list of (progress_upto, tau) pairs, got {milestones!r}")
         uptos = [m[0] for m in ms]
         if uptos != sorted(uptos) or len(set(uptos)) != len(uptos):
-            raise ValueError(f"milestones' progress_upto values must be strictly increasing, got {uptos}")
+            raise ConfigError(f"milestones' progress_upto values must be strictly increasing, got {uptos}")
         if uptos[-1] < 1.0:
-            raise ValueError(f"milestones must end with progress_upto 1.0 (the end of training), got {uptos[-1]}")
+            raise ConfigError(f"milestones must end with progress_upto 1.0 (the end of training), got {uptos[-1]}")
         for i, (_, tau) in enumerate(ms):
             _check_tau(f"milestones[{i}] tau", tau)
-        self.milestones = ms
-        super().__init__(self.tau_at(0.0), window, window_unit)
-
+        settings = ProgressSettings(milestones=ms, window=_window(window, window_unit), window_unit=window_unit)
+        super().__init__(ms[0][1], settings)
     def tau_at(self, progress: float) -> float:
         for upto, tau in self.milestones:
             if progress <= upto:
@@ -442,30 +484,43 @@ class ProgressSchedule(ThresholdSchedule):
         return self._set_tau(self.tau_at(progress))
 
 
+@dataclasses.dataclass(frozen=True)
+class IntervalSettings:
+    """`IntervalSchedule`'s settings."""
+
+    every: int | None
+    every_fraction: float | None
+    delta: float
+    tau_start: float
+    tau_target: float
+    window: int
+    window_unit: str
+
+
 class IntervalSchedule(ThresholdSchedule):
-    """Blind raises on a clock: τ += step every ``every`` observed steps, or every ``every_fraction`` of the
+    """Blind raises on a clock: τ += ``delta`` every ``every`` observed steps, or every ``every_fraction`` of the
     run (which needs ``progress``), up to tau_target. The paper's fixed conservative / moderate / aggressive
     schedules, read as performance-blind."""
 
-    def __init__(self, every: int | None = None, step: float = 0.1, tau_start: float = 0.3, tau_target: float = 0.8,
-                 window: int = 30, every_fraction: float | None = None, window_unit: WindowUnit = "step") -> None:
+    settings: IntervalSettings
+
+    def __init__(self, every: int | None = None, delta: float = 0.1, tau_start: float = 0.3,
+                 tau_target: float = 0.8, window: int = 30, every_fraction: float | None = None,
+                 window_unit: WindowUnit = "step") -> None:
         if (every is None) == (every_fraction is None):
-            raise ValueError(f"give exactly one of every (steps) and every_fraction (of the run), got "
-                             f"every={every!r}, every_fraction={every_fraction!r}")
+            raise ConfigError(f"give exactly one of every (steps) and every_fraction (of the run), got "
+                              f"every={every!r}, every_fraction={every_fraction!r}")
         if every is not None and (int(every) != every or every < 1):
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+            raise ConfigError(f"every must be an integer >= 1, got {every!r}")
         if every_fraction is not None and not 0.0 < every_fraction <= 1.0:
-            raise ValueError(f"every_fraction must lie in (0, 1], got {every_fraction!r}")
-        if not step > 0:
-            raise ValueError(f"step must be > 0, got {step!r}")
-        tau_start = _check_tau("tau_start", tau_start)
-        self.tau_target = _check_tau("tau_target", tau_target)
-        if tau_start >= self.tau_target:
-            raise ValueError(f"tau_start ({tau_start}) must be < tau_target ({self.tau_target})")
-        super().__init__(tau_start, window, window_unit)
-        self.every = None if every is None else int(every)
-        self.every_fraction = None if every_fraction is None else float(every_fraction)
-        self.step, self.tau_start = float(step), tau_start
+            raise ConfigError(f"every_fraction must lie in (0, 1], got {every_fraction!r}")
+        if not delta > 0:
+            raise ConfigError(f"delta must be > 0, got {delta!r}")
+        tau_start, tau_target = _tau_range(tau_start, tau_target)
+        super().__init__(tau_start, IntervalSettings(
+            every=None if every is None else int(every), every_fraction=None if every_fraction is None else
+            float(every_fraction), delta=float(delta), tau_start=tau_start, tau_target=tau_target,
+            window=_window(window, window_unit), window_unit=window_unit))
 
     def _tau_problem(self, tau: float) -> str | None:
         return _outside(tau, self.tau_start, self.tau_target)
@@ -474,8 +529,8 @@ class IntervalSchedule(ThresholdSchedule):
         if self.every is not None:
             if self.num_steps % self.every or self._tau >= self.tau_target:
                 return False
-            return self._set_tau(min(self._tau + self.step, self.tau_target))
+            return self._set_tau(min(self._tau + self.delta, self.tau_target))
         if progress is None:
             raise ValueError("IntervalSchedule with every_fraction needs progress (fraction of training done)")
         raises = math.floor(float(progress) / self.every_fraction + 1e-9)  # 1e-9: 0.3 / 0.1 is 2.9999999999999996
-        return self._set_tau(min(self.tau_start + raises * self.step, self.tau_target))
+        return self._set_tau(min(self.tau_start + raises * self.delta, self.tau_target))

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from medloc_lightning.errors import ConfigError
+
 
 class StepSchedule:
     """Base class of δ schedules; subclasses implement ``__call__(num_raises, progress) -> δ``."""
@@ -20,7 +22,7 @@ class StepSchedule:
 def _positive(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     return value
 
 
@@ -34,7 +36,7 @@ class PiecewiseStep(StepSchedule):
         if isinstance(self.steps, (int, float)):
             object.__setattr__(self, "steps", (self.steps,))
         if len(self.steps) == 0:
-            raise ValueError("steps must hold at least one step size")
+            raise ConfigError("steps must hold at least one step size")
         object.__setattr__(self, "steps", tuple(_positive(f"steps[{i}]", s) for i, s in enumerate(self.steps)))
 
     def __call__(self, num_raises: int, progress: float) -> float:
@@ -52,7 +54,7 @@ class DecayingStep(StepSchedule):
         _positive("delta0", self.delta0)
         _positive("min_step", self.min_step)
         if self.min_step > self.delta0:
-            raise ValueError(f"min_step ({self.min_step}) must not exceed delta0 ({self.delta0})")
+            raise ConfigError(f"min_step ({self.min_step}) must not exceed delta0 ({self.delta0})")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medloc_lightning.data.images import load_rgb
-from medloc_lightning.data.schema import (OPTIONAL_FIELDS, Problem, Record, count_bad_records, format_problems,
+from medloc_lightning.data.schema import (OPTIONAL_FIELDS, CheckedRecord, Problem, count_bad_records, format_problems,
                                          read_image_checked, read_records)
+from medloc_lightning.errors import ConfigError, DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ SPLITS = ("train", "val", "test", "predict")
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A record that fails at load time; the message names file, line and field."""
 
     def __init__(self, problem: Problem) -> None:
@@ -47,7 +48,7 @@ def _features() -> Any:
     })
 
 
-def records_to_hf(records: Sequence[Record]) -> Any:
+def records_to_hf(records: Sequence[CheckedRecord]) -> Any:
     """Checked records -> in-memory ``datasets.Dataset`` with fixed features (normalized floats, resolved image
     paths, source line). Built in memory with ``Dataset.from_list``: nothing is written, nothing is fetched,
     and no file stays open (fork-safe)."""
@@ -136,25 +137,25 @@ def load_record_file(file: str, image_root: str | None = None, check_images: boo
                      max_records: int | None = None, name: str = "records", cache_images: bool = False,
                      require_bbox: bool = True,
                      allow_outside_root: bool = False) -> tuple[GroundingDataset, list[Problem]]:
-    """Validate one JSONL file and wrap its valid records; raise ``ValueError`` on problems unless skipping, and
+    """Validate one JSONL file and wrap its valid records; raise `DataError` on problems unless skipping, and
     always when no valid record is left. ``require_bbox=False``: records to predict on, whose ``bbox`` may be
     missing (then None in the batch). ``allow_outside_root``: see `read_records`."""
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{name}: record file not found: {file}")
+        raise MissingFileError(f"{name}: record file not found: {file}")
     records, problems = read_records(file, image_root=image_root, check_images=check_images, max_records=max_records,
                                      require_bbox=require_bbox, allow_outside_root=allow_outside_root)
     whole_file = [str(p) for p in problems if p.line == 0]
     if whole_file:  # e.g. an empty file: nothing to skip
-        raise ValueError(f"{name}: {'; '.join(whole_file)}")
+        raise DataError(f"{name}: {'; '.join(whole_file)}")
     if problems:
         n_bad = count_bad_records(problems)
         summary = (f"{name} {file}: {n_bad} of {n_bad + len(records)} records are invalid "
                    f"({len(problems)} problems):\n{format_problems(problems)}")
         if not skip_invalid:
             command = f"medloc-data validate{'' if require_bbox else ' --unlabelled'} {file}"
-            raise ValueError(f"{summary}\nFix them (`{command}` lists all) or pass skip_invalid=True.")
+            raise DataError(f"{summary}\nFix them (`{command}` lists all) or pass skip_invalid=True.")
         if not records:
-            raise ValueError(f"{name} {file}: no valid record ({n_bad} invalid skipped):\n{format_problems(problems)}")
+            raise DataError(f"{name} {file}: no valid record ({n_bad} invalid skipped):\n{format_problems(problems)}")
         warnings.warn(f"skipping invalid records: {summary}", UserWarning, stacklevel=2)
         log.warning("skipped %d invalid records of %s", n_bad, file)
     return GroundingDataset(records_to_hf(records), file, cache_images), problems
@@ -214,7 +215,7 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def _dataset(self, split: str) -> GroundingDataset:
         if self.files[split] is None:
-            raise ValueError(f"GroundingDataModule: {split}_file is not set, so there is no {split} data")
+            raise ConfigError(f"GroundingDataModule: {split}_file is not set, so there is no {split} data")
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         return self.datasets[split]
@@ -237,10 +238,8 @@ class GroundingDataModule(pl.LightningDataModule):
             done, epoch = self._resume.get("batches", 0), self._resume.get("sampler_epoch")
             per_epoch = math.ceil(len(sampler) / self.batch_size)
             skip = done * self.batch_size if 0 < done < per_epoch else 0  # at an epoch's end nothing is skipped
-            if epoch is not None:
+            if epoch is not None:  # None: the checkpoint was written before the first training loader
                 sampler.resume(epoch + 1 if done >= per_epoch else epoch, skip)
-            else:  # a checkpoint that predates the saved sampler epoch
-                sampler.skip = skip
             self._resume = None
         self._sampler = sampler
         return self._loader(self._dataset("train"), self.batch_size, sampler)
@@ -259,7 +258,7 @@ class GroundingDataModule(pl.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Remember the saved position for the next ``train_dataloader`` (older checkpoints' extra keys are ignored)."""
+        """Remember the saved position for the next ``train_dataloader``."""
         self._resume = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> DataLoader | list:

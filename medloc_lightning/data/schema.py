@@ -41,7 +41,7 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class Record:
+class CheckedRecord:
     """A record that passed the field checks; ``image`` is resolved to a usable path."""
 
     line: int
@@ -174,9 +174,9 @@ class _Root:
         return os.path.commonpath([self.root, real]) == self.root
 
 
-def _to_record(obj: dict[str, Any], line: int, path: str) -> Record:
+def _to_record(obj: dict[str, Any], line: int, path: str) -> CheckedRecord:
     bbox = None if obj.get("bbox") is None else tuple(float(v) for v in obj["bbox"])
-    return Record(line=line, id=obj["id"], image=path, query=obj["query"],
+    return CheckedRecord(line=line, id=obj["id"], image=path, query=obj["query"],
                   bbox=bbox, width=obj["width"], height=obj["height"],  # type: ignore[arg-type]
                   dataset=obj.get("dataset"), modality=obj.get("modality"), label=obj.get("label"))
 
@@ -224,13 +224,13 @@ def read_image_checked(path: str, width: int, height: int, file: str, line: int,
     return value, problems
 
 
-def check_image(record: Record, file: str) -> list[Problem]:
+def check_image(record: CheckedRecord, file: str) -> list[Problem]:
     """Decode the record's image and compare its real size with ``width``/``height``."""
     return read_image_checked(record.image, record.width, record.height, file, record.line,
                               lambda path: (None, verify_image(path)))[1]
 
 
-def check_record_images(records: Sequence[Record], file: str, workers: int | None = None) -> list[Problem]:
+def check_record_images(records: Sequence[CheckedRecord], file: str, workers: int | None = None) -> list[Problem]:
     """:func:`check_image` over many records in a thread pool (PIL decoding releases the GIL)."""
     if not records:
         return []
@@ -241,7 +241,7 @@ def check_record_images(records: Sequence[Record], file: str, workers: int | Non
 
 def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None = None, check_images: bool = True,
                  max_records: int | None = None, require_bbox: bool = True,
-                 allow_outside_root: bool = False) -> tuple[list[Record], list[Problem]]:
+                 allow_outside_root: bool = False) -> tuple[list[CheckedRecord], list[Problem]]:
     """Parse and check a JSONL record file: ``(valid records, problems)``, both in line order.
 
     ``require_bbox=False`` reads records to predict on, where ``bbox`` may be missing (see `check_fields`).
@@ -256,7 +256,7 @@ def read_records(path: str | os.PathLike, image_root: str | os.PathLike | None =
     file = os.fspath(path)
     base_dir = os.path.abspath(image_root if image_root is not None else os.path.dirname(os.path.abspath(file)))
     root = None if allow_outside_root else _Root(base_dir)
-    records: list[Record] = []
+    records: list[CheckedRecord] = []
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
     warned_unknown = False

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medloc_lightning.data.schema import Record, count_bad_records, read_records
+from medloc_lightning.data.schema import CheckedRecord, count_bad_records, read_records
 
 QUANTILES = (10, 25, 50, 75, 90)
 SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2  # COCO's absolute size classes, in px²
@@ -35,7 +35,7 @@ def _counts(values: Sequence[str | None]) -> dict[str, int]:
     return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def compute_stats(records: Sequence[Record]) -> dict[str, Any]:
+def compute_stats(records: Sequence[CheckedRecord]) -> dict[str, Any]:
     """Counts (records, images, per label/dataset/modality), box/image size distributions, COCO size classes."""
     widths = np.array([r.bbox[2] - r.bbox[0] for r in records], dtype=np.float64)
     heights = np.array([r.bbox[3] - r.bbox[1] for r in records], dtype=np.float64)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+import warnings
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-Record = Mapping[str, Any]
-"""One grounding record: ``id``, ``image`` (PIL, RGB), ``query``, ``bbox`` [x1, y1, x2, y2] in original
-pixels, ``width``, ``height`` and optional ``dataset``, ``modality``, ``label``."""
-
+from medloc_lightning.data.records import Record
 
 @dataclass
 class Rollout:
@@ -107,11 +105,6 @@ class GroundingPolicy(nn.Module, abc.ABC):
         backward chunks within it, so every rank runs the same number of forwards."""
         return None
 
-    @property
-    def has_reference_copy(self) -> bool:
-        """Whether `enable_reference` made a separate frozen copy (rather than, e.g., disabling adapters)."""
-        return False
-
     def shard(self, mesh: Any) -> None:
         """FSDP2: shard this policy over a 1-D data-parallel device mesh (``ModelParallelStrategy``).
 
@@ -153,40 +146,11 @@ class GroundingPolicy(nn.Module, abc.ABC):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def gt_boxes(batch: Sequence[Record], device: torch.device | str | None = None) -> Tensor:
-    """[B, 4] float32 ground-truth boxes of a batch, in original pixels."""
-    boxes = [list(map(float, r["bbox"])) for r in batch]
-    return torch.tensor(boxes, dtype=torch.float32, device=device).reshape(len(boxes), 4)
+def __getattr__(name: str) -> Any:
+    if name in ("gt_boxes", "describe_record", "record_size", "record_image"):  # moved to the data package
+        warnings.warn(f"medloc_lightning.policies.base.{name} moved to medloc_lightning.data.records; the old import "
+                      "path will be removed in the next release", DeprecationWarning, stacklevel=2)
+        from medloc_lightning.data import records
 
-
-def describe_record(record: Record) -> str:
-    """``record 'id' (image path)``, for errors that must name the bad record."""
-    path = record.get("image_path")
-    return f"record {record.get('id')!r}" + (f" ({path})" if path else "")
-
-
-def record_size(record: Record) -> tuple[int, int]:
-    """The record's ``(width, height)`` fields as positive ints."""
-    try:
-        width, height = int(record["width"]), int(record["height"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{describe_record(record)}: fields 'width' and 'height' must be positive ints ({err!r})"
-                         ) from err
-    if width < 1 or height < 1:
-        raise ValueError(f"{describe_record(record)}: fields 'width' and 'height' must be positive, "
-                         f"got {width}x{height}")
-    return width, height
-
-
-def record_image(record: Record) -> Any:
-    """The record's PIL image in RGB, checked against its ``width``/``height`` fields."""
-    from PIL import Image
-
-    image = record.get("image")
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"{describe_record(record)}: field 'image' must be a PIL image, got {type(image).__name__}")
-    width, height = record_size(record)
-    if image.size != (width, height):
-        raise ValueError(f"{describe_record(record)}: field 'image' is {image.size[0]}x{image.size[1]} px but "
-                         f"'width', 'height' say {width}x{height}")
-    return image if image.mode == "RGB" else image.convert("RGB")
+        return getattr(records, name)
+    raise AttributeError(f"module 'medloc_lightning.policies.base' has no attribute {name!r}")

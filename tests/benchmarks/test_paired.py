@@ -1,22 +1,17 @@
 """benchmarks/paired.py: per-image scores, the paired bootstrap and the signal fractions, on hand-computed cases."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paired.py"
-
 
 @pytest.fixture(scope="module")
 def paired():
-    spec = importlib.util.spec_from_file_location("paired", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import paired
+
+    return paired
 
 
 def test_per_image_scores_by_hand(paired) -> None:

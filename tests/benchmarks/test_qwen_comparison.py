@@ -2,9 +2,7 @@
 tables as rendered from the saved results (no training here)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +15,9 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def grid():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling `paired`
-    try:
-        spec = importlib.util.spec_from_file_location("qwen_comparison", BENCH / "qwen_comparison.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["qwen_comparison"] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    from benchmarks import qwen_comparison
+
+    return qwen_comparison
 
 
 def _run(arm: str, seed: int, ious: dict, raises=(), tau_start=0.3) -> dict:

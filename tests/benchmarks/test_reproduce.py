@@ -1,23 +1,18 @@
 """benchmarks/reproduce.py: the grid, the paired comparisons and the report, on hand-made results (no training)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import reproduce
+
+    return reproduce
 
 
 def _result(method: str, seed: int, regime: str, acc: float, taus: list[float] | None = None) -> dict:

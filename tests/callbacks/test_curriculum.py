@@ -141,17 +141,6 @@ def test_resume_between_micro_batches_continues_exactly(tmp_path):
     assert resumed == full[4:]  # the schedule's whole state after each of steps 5..10
 
 
-def test_a_checkpoint_from_before_pending_by_rank_resumes_exactly(tmp_path):
-    full = _fit_accumulating(tmp_path / "full")
-    ckpt = torch.load(tmp_path / "full" / "ckpt" / "step=4.ckpt", weights_only=True)
-    key = next(k for k in ckpt["callbacks"] if k.startswith("ThresholdCurriculumCallback"))
-    state = ckpt["callbacks"][key]
-    (groups,) = state.pop("pending_by_rank")  # one rank
-    state["pending"] = [torch.stack(groups)]  # as older versions saved it: the micro-batches' IoUs as returned
-    torch.save(ckpt, tmp_path / "older.ckpt")
-    assert _fit_accumulating(tmp_path / "resumed", tmp_path / "older.ckpt") == full[4:]
-
-
 def _resume(root, schedule, ckpt_path, **kw):
     cb = ThresholdCurriculumCallback(schedule, **kw)
     module = ScriptedModule()
@@ -200,10 +189,10 @@ def test_ddp_two_processes_share_tau(tmp_path, window_unit):
     ref = ThresholdCurriculum(window=4, window_unit=window_unit)  # the tau of the rank-ordered gathered stream
     for a, b in zip(ranks[0]["local"], ranks[1]["local"]):
         ref.observe(a + b)  # per step: rank 0's groups, then rank 1's (each group whole)
-    assert ref.state_dict()["steps"] == ranks[0]["state"]["steps"] and ref.tau == ranks[0]["taus"][-1]
+    assert ref.state_dict()["entries"] == ranks[0]["state"]["entries"] and ref.tau == ranks[0]["taus"][-1]
     assert ref.num_raises >= 1
     if window_unit == "group":
-        assert all(len(entry) == 3 for entry in ranks[0]["state"]["steps"])  # whole groups of 3, never split
+        assert all(len(entry) == 3 for entry in ranks[0]["state"]["entries"])  # whole groups of 3, never split
 
 
 @pytest.mark.slow
@@ -254,5 +243,5 @@ def test_grpo_module_feeds_one_group_per_prompt(tmp_path):
     with pytest.warns(UserWarning, match="without a parseable box"):  # "none" is counted, and warned about once
         trainer(tmp_path, 2, [cb]).fit(module, record_loader(square_records(6), 3))
     state = cb.schedule.state_dict()
-    assert len(state["steps"]) == 6  # 2 steps x 3 prompts, each its G = 3 IoUs
-    assert state["steps"][0] == pytest.approx([1.0, 0.5, 0.0])
+    assert len(state["entries"]) == 6  # 2 steps x 3 prompts, each its G = 3 IoUs
+    assert state["entries"][0] == pytest.approx([1.0, 0.5, 0.0])

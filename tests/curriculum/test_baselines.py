@@ -40,7 +40,7 @@ def test_progress_schedule_rejects_bad_milestones(milestones):
 
 
 def test_interval_schedule_raises_blindly_every_k_steps():
-    s = IntervalSchedule(every=3, step=0.2, tau_start=0.3, tau_target=0.8)
+    s = IntervalSchedule(every=3, delta=0.2, tau_start=0.3, tau_target=0.8)
     outs = [s.observe([0.0]) for _ in range(12)]  # IoU 0 everywhere: a blind schedule raises anyway
     assert outs == [False, False, True] * 3 + [False] * 3
     assert s.tau == 0.8 and [e["step"] for e in s.events] == [3.0, 6.0, 9.0]
@@ -65,14 +65,14 @@ def test_a_saved_tau_the_schedule_cannot_reach_is_refused(schedule, tau, match):
 def test_interval_schedule_can_raise_at_fractions_of_the_run():
     # +0.1 every 25% of the run, whatever the run's length: the clock is progress, not a step count
     for total in (8, 40, 2000):
-        s = IntervalSchedule(every_fraction=0.25, step=0.1, tau_start=0.3, tau_target=0.8)
+        s = IntervalSchedule(every_fraction=0.25, delta=0.1, tau_start=0.3, tau_target=0.8)
         raised_at = [k for k in range(1, total + 1) if s.observe([0.0], progress=k / total)]
         assert raised_at == [total // 4, total // 2, 3 * total // 4, total], total
         assert s.tau == pytest.approx(0.7)
 
 
 def test_interval_fraction_reaches_tau_target_exactly_and_stops():
-    s = IntervalSchedule(every_fraction=0.1, step=0.15, tau_start=0.3, tau_target=0.8)
+    s = IntervalSchedule(every_fraction=0.1, delta=0.15, tau_start=0.3, tau_target=0.8)
     taus = []
     for k in range(1, 11):
         s.observe([0.0], progress=k / 10)

@@ -301,15 +301,6 @@ def test_resume_from_a_checkpoint_saved_at_validation_end_continues_with_the_nex
     assert resumed == full[3 * resume_step:]
 
 
-def test_a_saved_position_from_an_older_release_still_loads(data):
-    # older checkpoints also carried Lightning's epoch number under "epoch"; it is not needed and is ignored
-    dm = _dm(data, seed=3, batch_size=3)
-    dm.load_state_dict({"epoch": 0, "batches": 2, "sampler_epoch": 0})
-    sampler = dm.train_sampler()
-    sampler.set_epoch(0)
-    assert _ids(dm.train_dataloader()) == [f"r{i:02d}" for i in sampler][6:]
-
-
 def test_cache_images_keeps_decoded_images_and_returns_fresh_dicts(data):
     dm = _dm(data, cache_images=True)
     dm.setup("fit")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from datatest_helpers import make_image
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from medloc_lightning.data.images import image_size, load_rgb, verify_image
 
@@ -30,5 +30,5 @@ def test_16bit_images_are_rescaled_not_clipped(tmp_path):
 def test_verify_image_rejects_garbage(tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(b"not an image at all")
-    with pytest.raises(Exception):
+    with pytest.raises(UnidentifiedImageError, match="cannot identify image file"):
         verify_image(path)

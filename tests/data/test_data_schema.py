@@ -212,7 +212,7 @@ def test_check_bbox_accepts_exactly_the_valid_boxes(box, width, height):
 @given(st.one_of(st.none(), st.text(max_size=5), st.lists(st.booleans(), min_size=4, max_size=4),
                  st.lists(finite, min_size=0, max_size=6).filter(lambda v: len(v) != 4)))
 def test_check_bbox_rejects_malformed_values(value):
-    assert check_bbox(value, 50, 50) is not None
+    assert check_bbox(value, 50, 50).startswith("must be an array of 4 numbers [x1, y1, x2, y2], got ")
 
 
 def test_validate_command_prints_problems_and_exits_nonzero(images, capsys):

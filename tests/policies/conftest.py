@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from qwen_helpers import SHORT_CONTEXT
 
-from medloc_lightning.policies.qwen_tiny import tiny_qwen_path
+from medloc_lightning.policies.qwen.tiny import tiny_qwen_path
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,10 @@ from medloc_lightning.grpo import group_advantages, grpo_loss
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.parsing import has_valid_format, parse_box
 from medloc_lightning.policies import GroundingPolicy, Rollout, gt_boxes
-from medloc_lightning.policies.box import BoxPolicy, boxes_to_params, params_to_boxes, pixel_boxes
-from medloc_lightning.policies.box_mixture import (component_std, mixture_log_weights, mixture_logprob,
+from medloc_lightning.policies.box.policy import BoxPolicy, boxes_to_params, params_to_boxes, pixel_boxes
+from medloc_lightning.policies.box.mixture import (component_std, mixture_log_weights, mixture_logprob,
                                                    sample_mixture)
-from medloc_lightning.policies.box_net import MIN_SIZE, PATCH, patchify, query_ids, query_tokens
+from medloc_lightning.policies.box.net import MIN_SIZE, PATCH, patchify, query_ids, query_tokens
 from medloc_lightning.rewards import GroundingReward
 
 SMALL = dict(image_size=64, channels=16, query_dim=32, vocab_buckets=512)
@@ -326,12 +326,10 @@ def test_temperature_scales_the_std_and_flattens_the_mixture(synth: list[dict]) 
 def test_reference_is_a_frozen_copy_made_by_enable_reference(synth: list[dict]) -> None:
     policy = BoxPolicy(**SMALL)
     rollout = policy.sample(synth[:3], 4, 1.0)
-    assert not policy.has_reference_copy
     with pytest.raises(RuntimeError, match="enable_reference"):
         policy.logprobs(rollout, reference=True)
     n_params, keys = len(list(policy.parameters())), set(policy.state_dict())
     policy.enable_reference()
-    assert policy.has_reference_copy
     assert len(list(policy.parameters())) == n_params and set(policy.state_dict()) == keys
     before = policy.logprobs(rollout).detach()
     ref = policy.logprobs(rollout, reference=True)
@@ -525,7 +523,8 @@ def test_grpo_module_trains_box_policy_with_reference_chunks_and_reused_rollouts
                                  num_iterations=2, micro_batch_size=6)
     callback = ThresholdCurriculumCallback()
     trainer, logged, validated = run_trainer(module, synth[:8], 4, (callback,))  # 2 rollouts x 2 steps each
-    assert trainer.global_step == 4 and policy.has_reference_copy
+    assert trainer.global_step == 4
+    assert policy.logprobs(policy.sample(synth[:1], 2, 1.0), reference=True).shape == (2, 1)  # beta > 0 enabled it
     assert logged["train/std_centre"] > 0 and logged["train/mixture_entropy"] > 0 and logged["train/parse_rate"] == 1.0 and math.isfinite(logged["train/kl"])
     assert validated["val/parse_rate"] == 1.0 and 0 <= validated["val/miou"] <= 1
     assert any(not torch.equal(start[k], v) for k, v in policy.state_dict().items())

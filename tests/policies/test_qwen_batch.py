@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medloc_lightning.policies.qwen_batch import (
+from medloc_lightning.policies.qwen.batch import (
     append_completions,
     completion_mask,
     select_images,

@@ -18,9 +18,10 @@ from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, build_prompt, form
 from medloc_lightning.policies import GroundingPolicy, Rollout
 from medloc_lightning.policies.base import Sharding
 from medloc_lightning.policies.qwen import QwenVLPolicy
-from medloc_lightning.policies.qwen_batch import append_completions, select_prompts, token_logprobs
-from medloc_lightning.policies.qwen_loading import train_mode_without_dropout, vision_tower
-from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
+from medloc_lightning.policies.qwen.batch import append_completions, select_prompts, token_logprobs
+from medloc_lightning.policies.qwen.loading import vision_tower
+from medloc_lightning.policies.qwen.model import train_mode_without_dropout
+from medloc_lightning.policies.qwen.processor import VISION_SPECIAL_TOKENS, load_processor
 
 MAX_PIXELS = 224 * 224
 SIZES = ((64, 48), (40, 90), (32, 32))
@@ -338,7 +339,6 @@ def test_gradient_checkpointing_gives_the_same_logprobs_and_grads(tiny_qwen_dir:
 def test_lora_reference_is_the_adapter_free_model(tiny_qwen_dir: str) -> None:
     policy = make_policy(tiny_qwen_dir, lora_r=4, lora_dropout=0.0)
     policy.enable_reference()
-    assert not policy.has_reference_copy
     torch.manual_seed(0)
     rollout = policy.sample(make_records(*SIZES[:2]), 3, 0.9)
     ref = policy.logprobs(rollout, reference=True)
@@ -356,12 +356,10 @@ def test_full_model_reference_is_a_frozen_copy_made_only_on_request(tiny_qwen_di
     policy = make_policy(tiny_qwen_dir)
     torch.manual_seed(0)
     rollout = policy.sample(make_records(*SIZES[:2]), 2, 0.9)
-    assert not policy.has_reference_copy
     with pytest.raises(RuntimeError, match="enable_reference"):
         policy.logprobs(rollout, reference=True)
     params_before = sum(p.numel() for p in policy.parameters())
     policy.enable_reference()
-    assert policy.has_reference_copy
     assert sum(p.numel() for p in policy.parameters()) == params_before  # not a registered submodule
     assert not any(k.startswith("_reference") for k in policy.state_dict())
     ref = policy.logprobs(rollout, reference=True)
@@ -490,7 +488,7 @@ def test_predict_in_eval_mode_restores_modes(policy: QwenVLPolicy) -> None:
 
 
 def test_tiny_model_name_builds_the_offline_model(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medloc_lightning.policies.qwen_tiny import CACHE_ENV, TINY_QWEN_NAME
+    from medloc_lightning.policies.qwen.tiny import CACHE_ENV, TINY_QWEN_NAME
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     policy = QwenVLPolicy(TINY_QWEN_NAME, max_pixels=MAX_PIXELS)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from qwen_helpers import logit_bias, make_records
 
-from medloc_lightning.policies import qwen_prefill
+from medloc_lightning.policies.qwen import prefill as qwen_prefill
 from medloc_lightning.policies.base import Sharding
 from medloc_lightning.policies.qwen import QwenVLPolicy
-from medloc_lightning.policies.qwen_batch import append_completions, completion_mask, select_prompts
-from medloc_lightning.policies.qwen_loading import train_mode_without_dropout
+from medloc_lightning.policies.qwen.batch import append_completions, completion_mask, select_prompts
+from medloc_lightning.policies.qwen.model import train_mode_without_dropout
 
 SIZES = ((64, 48), (40, 90), (32, 32), (84, 84))  # different image-token counts: left padding differs per row
 
@@ -33,7 +33,7 @@ def make_policy(path: str, **kwargs) -> QwenVLPolicy:
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """How often the policy entered the shared-prefill generation and scoring paths."""
-    import medloc_lightning.policies.qwen as qwen
+    import medloc_lightning.policies.qwen.policy as qwen
 
     counts = {"generate": 0, "score": 0}
     for name, key in (("generate_with_shared_prefill", "generate"), ("score_with_shared_prefill", "score")):

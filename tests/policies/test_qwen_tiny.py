@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, build_prompt, format_answer
-from medloc_lightning.policies.qwen_tiny import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, main, tiny_qwen_path
+from medloc_lightning.policies.qwen.tiny import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, main, tiny_qwen_path
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -32,7 +32,7 @@ def test_same_seed_same_files_other_seed_other_weights(built: Path, tmp_path: Pa
 def test_reloads_offline_with_stock_model_class_and_our_processor(built: Path) -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(built)
     processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(built)
@@ -64,7 +64,7 @@ def test_reloads_offline_with_stock_model_class_and_our_processor(built: Path) -
 
 
 def test_tokenizer_is_compact_on_prompts_and_answers(built: Path) -> None:
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
 
     tok = ImageOnlyQwen2_5_VLProcessor.from_pretrained(built).tokenizer
     prompt = build_prompt("thyroid nodule", DEFAULT_PROMPT_TEMPLATE)

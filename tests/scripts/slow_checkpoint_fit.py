@@ -1,4 +1,4 @@
-"""Run by tests/test_checkpoint_io.py: `medloc fit` whose writes of ``last.ckpt`` hang once one exists.
+"""Run by tests/checkpointing/test_checkpoint_plugin.py: `medloc fit` whose writes of ``last.ckpt`` hang once one exists.
 
 argv: the `medloc` arguments. Environment: SLOW_CKPT_DIR (the checkpoint folder), SLOW_CKPT_MARKER (touched
 when a save hangs). Any file opened for writing (by path, or by descriptor with ``os.fdopen``) in SLOW_CKPT_DIR

@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from medloc_lightning.atomic import write_text
+from medloc_lightning.checkpointing.atomic import write_text
 from medloc_lightning.data.images import image_size
 from medloc_lightning.data.schema import BBOX_TOLERANCE, check_fields
+from medloc_lightning.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 SOURCE_FILE = "medloc-data.json"
@@ -28,7 +29,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class ConversionError(ValueError):
+class ConversionError(DataError):
     """A fatal input problem (missing folder, unreadable metadata, an ``out`` it must not overwrite): the
     converter writes nothing (`medloc-data` exits 2)."""
 

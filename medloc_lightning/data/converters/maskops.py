@@ -12,6 +12,7 @@ from PIL import Image
 
 from medloc_lightning.data.converters.common import Skip
 from medloc_lightning.data.images import image_size
+from medloc_lightning.errors import ConfigError, DataError
 
 Box = tuple[int, int, int, int]
 JPEG_THRESHOLD = 127  # lossy masks ring around edges; "nonzero" would inflate every box
@@ -131,7 +132,7 @@ def largest_component(fg: np.ndarray) -> Component | None:
     return max(parts, key=lambda c: c.area) if parts else None
 
 
-class MaskError(ValueError):
+class MaskError(DataError):
     """A mask that yields no box (unreadable, wrong size, empty); the message is the reason."""
 
 
@@ -154,7 +155,7 @@ def box_from_mask_file(path: str | os.PathLike, size: tuple[int, int], component
 def mask_box(fg: np.ndarray, components: str = "all") -> tuple[Box | None, int]:
     """``(box, number of components)``; ``components`` is ``all`` (box of all foreground) or ``largest``."""
     if components not in ("all", "largest"):
-        raise ValueError(f"components must be 'all' or 'largest', got {components!r}")
+        raise ConfigError(f"components must be 'all' or 'largest', got {components!r}")
     parts = connected_components(fg)
     if not parts:
         return None, 0

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medloc_lightning.atomic import write_text
+from medloc_lightning.checkpointing.atomic import write_text
 from medloc_lightning.data.converters.common import write_jsonl
 from medloc_lightning.data.synth.draw import to_uint8
 from medloc_lightning.data.synth.query import choose_referent, measure, phrase
 from medloc_lightning.data.synth.render import RENDERERS
+from medloc_lightning.errors import ConfigError
 
 MODALITIES = ("dermoscopy", "ultrasound", "xray")
 LABELS = {"dermoscopy": "lesion", "ultrasound": "nodule", "xray": "spot"}
@@ -69,28 +70,28 @@ class SynthConfig:
         for name in ("target_size", "contrast", "blur", "edge_softness"):
             lo, hi = getattr(self, name)
             if not 0.0 <= lo <= hi <= 1.0:
-                raise ValueError(f"SynthConfig.{name}: need 0 <= low <= high <= 1, got ({lo}, {hi})")
+                raise ConfigError(f"SynthConfig.{name}: need 0 <= low <= high <= 1, got ({lo}, {hi})")
         if not 0.0 < self.target_size[0] <= self.target_size[1] <= MAX_TARGET_SIZE:
-            raise ValueError(f"SynthConfig.target_size: need 0 < low <= high <= {MAX_TARGET_SIZE}, "
+            raise ConfigError(f"SynthConfig.target_size: need 0 < low <= high <= {MAX_TARGET_SIZE}, "
                              f"got {self.target_size}")
         lo, hi = self.structures
         if not 1 <= lo <= hi <= 3:
-            raise ValueError(f"SynthConfig.structures: need 1 <= min <= max <= 3, got ({lo}, {hi})")
+            raise ConfigError(f"SynthConfig.structures: need 1 <= min <= max <= 3, got ({lo}, {hi})")
         if len(self.splits) != 3 or min(self.splits) < 0 or sum(self.splits) <= 0:
-            raise ValueError(f"SynthConfig.splits: need three non-negative ratios with a positive sum, "
+            raise ConfigError(f"SynthConfig.splits: need three non-negative ratios with a positive sum, "
                              f"got {self.splits}")
         if not self.noise >= 0.0:
-            raise ValueError(f"SynthConfig.noise: need >= 0, got {self.noise}")
+            raise ConfigError(f"SynthConfig.noise: need >= 0, got {self.noise}")
         if not 0.0 <= self.hair <= 1.0:
-            raise ValueError(f"SynthConfig.hair: need a probability in [0, 1], got {self.hair}")
+            raise ConfigError(f"SynthConfig.hair: need a probability in [0, 1], got {self.hair}")
         if not 0.0 <= self.irregularity <= 0.5:
-            raise ValueError(f"SynthConfig.irregularity: need 0 <= irregularity <= 0.5, got {self.irregularity}")
+            raise ConfigError(f"SynthConfig.irregularity: need 0 <= irregularity <= 0.5, got {self.irregularity}")
 
     @classmethod
     def preset(cls, name: str) -> "SynthConfig":
         """A named preset: 'easy', 'small', 'default', 'single', 'lab' or 'hard'."""
         if name not in PRESETS:
-            raise ValueError(f"unknown synth preset {name!r}; choose from {sorted(PRESETS)}")
+            raise ConfigError(f"unknown synth preset {name!r}; choose from {sorted(PRESETS)}")
         return PRESETS[name]
 
 
@@ -182,11 +183,11 @@ def generate(
 ) -> dict[str, int]:
     """Write n images and all three split files under out_dir; return the record count per split."""
     if modality not in (*MODALITIES, "mixed"):
-        raise ValueError(f"synth: unknown modality {modality!r}; choose from {[*MODALITIES, 'mixed']}")
+        raise ConfigError(f"synth: unknown modality {modality!r}; choose from {[*MODALITIES, 'mixed']}")
     if n < 0 or seed < 0 or workers < 1:
-        raise ValueError(f"synth: need n >= 0, seed >= 0 and workers >= 1, got n={n}, seed={seed}, workers={workers}")
+        raise ConfigError(f"synth: need n >= 0, seed >= 0 and workers >= 1, got n={n}, seed={seed}, workers={workers}")
     if not 32 <= size <= 2048:
-        raise ValueError(f"synth: size must be within 32..2048 px, got {size}")
+        raise ConfigError(f"synth: size must be within 32..2048 px, got {size}")
     config = config or SynthConfig()
     out = Path(out_dir)
     _claim(out)
@@ -230,9 +231,9 @@ def _write_stamp(out: Path, content: dict[str, Any]) -> None:
 def _claim(out: Path) -> None:
     """Mark ``out`` as the generator's before writing anything; refuse a folder it did not make."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"synth: output {out} exists and is not a folder")
+        raise ConfigError(f"synth: output {out} exists and is not a folder")
     if out.is_dir() and (out / STAMP).is_file() is False and any(out.iterdir()):
-        raise ValueError(f"synth: refusing to write into {out}: it is not empty and was not made by the generator "
+        raise ConfigError(f"synth: refusing to write into {out}: it is not empty and was not made by the generator "
                          f"(no {STAMP}), so it may hold your own data. Choose a new or empty folder.")
     out.mkdir(parents=True, exist_ok=True)
     _write_stamp(out, {"status": "writing"})

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from medloc_lightning.boxes import ImageGeometry
 from medloc_lightning.parsing import build_prompt
-from medloc_lightning.policies.base import Record, record_image
-from medloc_lightning.policies.qwen_batch import PROMPT_KEYS
+from medloc_lightning.data.records import Record, record_image
+from medloc_lightning.policies.qwen.batch import PROMPT_KEYS
 
 
 @dataclass

@@ -26,13 +26,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from medloc_lightning.checkpoints import load_checkpoint
+from medloc_lightning.checkpointing.loading import load_checkpoint
+from medloc_lightning.errors import CheckpointError, ConfigError, DataError
 from medloc_lightning.parsing import format_answer
-from medloc_lightning.policies.base import (GroundingPolicy, Record, Rollout, describe_record, gt_boxes,
-                                            record_image, record_size)
-from medloc_lightning.policies.box_mixture import (component_std, mixture_log_weights, mixture_logprob,
+from medloc_lightning.data.records import Record, describe_record, gt_boxes, record_image, record_size
+from medloc_lightning.policies.base import GroundingPolicy, Rollout
+from medloc_lightning.policies.box.mixture import (component_std, mixture_log_weights, mixture_logprob,
                                                    sample_mixture)
-from medloc_lightning.policies.box_net import (LOG_MIN_SIZE, MIN_SIZE, STRIDE, BoxNet, Proposals, pack_queries,
+from medloc_lightning.policies.box.net import (LOG_MIN_SIZE, MIN_SIZE, STRIDE, BoxNet, Proposals, pack_queries,
                                                patchify)
 
 __all__ = ["BoxPolicy", "BoxRolloutState", "boxes_to_params", "params_to_boxes", "pixel_boxes"]
@@ -140,10 +141,6 @@ class BoxPolicy(GroundingPolicy):
         if self._reference is None:
             ref = copy.deepcopy(self.net).requires_grad_(False)
             object.__setattr__(self, "_reference", ref)  # unregistered: not trained, saved or counted
-
-    @property
-    def has_reference_copy(self) -> bool:
-        return self._reference is not None
 
     # ------------------------------------------------------------------ inputs
     def encode(self, batch: Sequence[Record]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -282,12 +279,12 @@ class BoxPolicy(GroundingPolicy):
             with open(config_path, encoding="utf-8") as f:
                 meta = json.load(f)
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{config_path}: not a BoxPolicy export ({err})") from err
+            raise CheckpointError(f"{config_path}: not a BoxPolicy export ({err})") from err
         if not isinstance(meta, dict) or meta.get("format") != "medloc-box-policy" or not isinstance(
                 meta.get("config"), dict):
-            raise ValueError(f"{config_path}: field 'format' must be 'medloc-box-policy' with a 'config' object")
+            raise CheckpointError(f"{config_path}: field 'format' must be 'medloc-box-policy' with a 'config' object")
         if meta.get("version") != EXPORT_VERSION:
-            raise ValueError(f"{config_path}: field 'version' is {meta.get('version')!r}; this BoxPolicy reads "
+            raise CheckpointError(f"{config_path}: field 'version' is {meta.get('version')!r}; this BoxPolicy reads "
                              f"version {EXPORT_VERSION} only (re-train and re-export older policies)")
         policy = cls(**meta["config"])
         state = load_checkpoint(os.path.join(directory, WEIGHTS_FILE), map_location=map_location)
@@ -308,7 +305,7 @@ def _select_queries(state: BoxRolloutState, prompts: Tensor) -> tuple[Tensor, Te
 def _query(record: Record) -> str:
     query = record.get("query")
     if not isinstance(query, str):
-        raise ValueError(f"{describe_record(record)}: field 'query' must be a str, got {type(query).__name__}")
+        raise DataError(f"{describe_record(record)}: field 'query' must be a str, got {type(query).__name__}")
     return query
 
 
@@ -317,13 +314,13 @@ def _check_args(*, image_size: int, channels: int, query_dim: int, vocab_buckets
     for name, value, low in (("image_size", image_size, 16), ("channels", channels, 8), ("query_dim", query_dim, 1),
                              ("vocab_buckets", vocab_buckets, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"BoxPolicy: {name} must be an int >= {low}, got {value!r}")
+            raise ConfigError(f"BoxPolicy: {name} must be an int >= {low}, got {value!r}")
     if image_size % STRIDE:
-        raise ValueError(f"BoxPolicy: image_size must be a multiple of {STRIDE} (the feature stride), "
+        raise ConfigError(f"BoxPolicy: image_size must be a multiple of {STRIDE} (the feature stride), "
                          f"got {image_size}")
     if not (math.isfinite(min_std) and min_std > 0 and math.isfinite(init_std) and init_std > 0):
-        raise ValueError(f"BoxPolicy: need min_std > 0 and init_std > 0, got {min_std}, {init_std}")
+        raise ConfigError(f"BoxPolicy: need min_std > 0 and init_std > 0, got {min_std}, {init_std}")
     if learn_std and not init_std > min_std:
-        raise ValueError(f"BoxPolicy: a learned std needs init_std > min_std, got {init_std} <= {min_std}")
+        raise ConfigError(f"BoxPolicy: a learned std needs init_std > min_std, got {init_std} <= {min_std}")
     if not MIN_SIZE < init_box_size < 1:
-        raise ValueError(f"BoxPolicy: init_box_size must be in ({MIN_SIZE}, 1), got {init_box_size}")
+        raise ConfigError(f"BoxPolicy: init_box_size must be in ({MIN_SIZE}, 1), got {init_box_size}")

@@ -1,11 +1,9 @@
-"""The curriculum lab: the paper's methods, as the shipped configs define them, trained on the fast BoxPolicy.
+"""The curriculum lab's runs: one method of the paper's tables (`medloc_lightning.lab.methods`) trained on the
+fast BoxPolicy.
 
-A method is a row of the paper's tables: MedLoc-R1 itself (the paper recipe, `configs/medloc_qwen2_5_vl_3b.yaml`)
-or the recipe plus one overlay from `configs/baselines/` or `configs/ablations/`. `load_method` reads the pair
-the way ``medloc fit --config RECIPE --config OVERLAY`` merges them, and keeps what makes the method: the
-curriculum block, the reward and the module class (GRPO or SFT). What belongs to the policy and the machine
-(learning rate, group size, temperature, batch, run length) is the lab's regime instead: BoxPolicy is not a 3B
-VLM. BoxPolicy writes no reasoning text, so the lab drops the format term of the reward.
+A method brings its curriculum, its reward and its module class (GRPO or SFT). What belongs to the policy and the
+machine (learning rate, group size, temperature, batch, run length) is the lab's regime instead: BoxPolicy is not
+a 3B VLM. BoxPolicy writes no reasoning text, so the lab drops the format term of the reward.
 
 Two regimes (`REGIMES`): every run starts from random weights, or from one shared grounding prior, a BoxPolicy
 warm-started by SFT on another synthetic distribution (`build_prior`), as the paper starts from a pretrained VLM.
@@ -14,8 +12,6 @@ warm-started by SFT on another synthetic distribution (`build_prior`), as the pa
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import json
 import math
 import os
@@ -29,121 +25,10 @@ import lightning.pytorch as pl
 import torch
 
 from medloc_lightning.callbacks.curriculum import ThresholdCurriculumCallback
-from medloc_lightning.curriculum import ThresholdSchedule
+from medloc_lightning.errors import ConfigError
+from medloc_lightning.lab.methods import Method, load_method
 from medloc_lightning.module import GRPOGroundingModule, SFTGroundingModule
 from medloc_lightning.rewards import GroundingReward
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-"""The repository's configs folder: the lab reads its methods there (it ships with the source, not the wheel)."""
-RECIPE = "medloc_qwen2_5_vl_3b.yaml"
-SAME_AS_RECIPE = ("refresh_half", "step_piecewise")
-"""Overlays that restate the recipe's own values (reference rows of the ablations): ``medloc`` runs them."""
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the paper's tables, resolved from the configs: module, reward, and τ schedule (None: SFT)."""
-
-    name: str
-    description: str
-    """The overlay's first comment line (the recipe's for ``medloc``)."""
-    config: str
-    """Where it comes from: the recipe, or ``recipe + overlay`` (paths relative to the configs folder)."""
-    module: str
-    """``"grpo"`` or ``"sft"``."""
-    reward: dict[str, Any]
-    """`GroundingReward` arguments, as the configs give them."""
-    schedule: dict[str, Any] | None
-    """The curriculum's ``schedule`` block (``class_path``, ``init_args``); None without a curriculum."""
-
-    def build_schedule(self) -> ThresholdSchedule | None:
-        """A fresh schedule object, as LightningCLI instantiates it from the block."""
-        if self.schedule is None:
-            return None
-        from jsonargparse import ArgumentParser
-
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_subclass_arguments(ThresholdSchedule, "schedule", fail_untyped=False)
-        return parser.instantiate_classes(parser.parse_object({"schedule": self.schedule})).schedule
-
-
-def method_names(configs: str | os.PathLike = CONFIGS) -> list[str]:
-    """``medloc`` and the stem of every baseline and ablation overlay (those in `SAME_AS_RECIPE` excepted)."""
-    root = _configs(configs)
-    stems = [p.stem for sub in ("baselines", "ablations") for p in sorted((root / sub).glob("*.yaml"))]
-    return ["medloc", *(s for s in stems if s not in SAME_AS_RECIPE)]
-
-
-def load_method(name: str, configs: str | os.PathLike = CONFIGS) -> Method:
-    """The method ``name`` resolved from the recipe and its overlay (see the module docstring)."""
-    return _load_method(name, str(_configs(configs)))
-
-
-@functools.lru_cache(maxsize=None)
-def _load_method(name: str, configs: str) -> Method:
-    import yaml
-
-    root = Path(configs)
-    files = [root / RECIPE]
-    if name != "medloc":
-        found = [p for sub in ("baselines", "ablations") if (p := root / sub / f"{name}.yaml").is_file()]
-        if not found:
-            raise ValueError(f"unknown method {name!r}; choose from {method_names(root)}")
-        files.append(found[0])
-    parser = _curriculum_parser()
-    curriculum, model = None, {}
-    for path in files:
-        text = path.read_text(encoding="utf-8")
-        config = yaml.safe_load(text) or {}
-        if "curriculum" in config:
-            block = {"curriculum": config["curriculum"]}
-            curriculum = parser.parse_object(block) if curriculum is None else parser.parse_object(block, curriculum)
-        model = _merge_model(model, config.get("model") or {})
-    description = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), name)
-    callback = curriculum.curriculum if curriculum is not None else None
-    schedule = None
-    if callback is not None:
-        schedule = parser.dump(curriculum, format="json", skip_none=False)
-        schedule = json.loads(schedule)["curriculum"]["init_args"]["schedule"]
-    module = "sft" if issubclass(_import(model["class_path"]), SFTGroundingModule) else "grpo"
-    reward = dict((model.get("init_args") or {}).get("reward") or {}) if module == "grpo" else {}
-    return Method(name=name, description=description, config=" + ".join(p.relative_to(root).as_posix() for p in files),
-                  module=module, reward=reward, schedule=schedule)
-
-
-def _configs(configs: str | os.PathLike) -> Path:
-    root = Path(configs)
-    if not (root / RECIPE).is_file():
-        raise FileNotFoundError(f"{root / RECIPE} not found: the lab reads its methods from the repository's "
-                                "configs folder (run it from a source checkout)")
-    return root
-
-
-@functools.lru_cache(maxsize=1)
-def _curriculum_parser() -> Any:
-    from jsonargparse import ArgumentParser
-
-    # the `curriculum` key exactly as `medloc_lightning.cli.MedlocCLI` declares it
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(ThresholdCurriculumCallback, "curriculum", fail_untyped=False, required=False)
-    return parser
-
-
-def _merge_model(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """Merge two ``model`` blocks as jsonargparse does for the parts the lab reads (class and reward)."""
-    if "class_path" in overlay and base.get("class_path") and \
-            _import(overlay["class_path"]) is not _import(base["class_path"]):
-        return {"class_path": overlay["class_path"], "init_args": dict(overlay.get("init_args") or {})}
-    args = dict(base.get("init_args") or {})
-    for key, value in (overlay.get("init_args") or {}).items():
-        args[key] = {**args[key], **value} if isinstance(value, dict) and isinstance(args.get(key), dict) else value
-    return {"class_path": overlay.get("class_path", base.get("class_path")), "init_args": args}
-
-
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
 
 # --- regimes -------------------------------------------------------------------------------------------------
 
@@ -190,7 +75,8 @@ def build_prior(root: str | os.PathLike, prior: Prior, target: pl.LightningDataM
     (a synthetic target's generation arguments; another DataModule's files)."""
     from medloc_lightning.data import SyntheticDataModule
     from medloc_lightning.policies.box import BoxPolicy
-    from medloc_lightning.prior import grounding_report, json_ready, load_split, train_boxes, warm_start
+    from medloc_lightning.lab.report import grounding_report, json_ready, load_split, train_boxes
+    from medloc_lightning.prior import warm_start
 
     root = Path(root)
     report_path = root / "prior.json"
@@ -345,7 +231,7 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
         data_seed = seed
     if data_seed is not None:
         if kept_seed is None:
-            raise ValueError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
+            raise ConfigError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
         data.seed = data_seed
     start = time.perf_counter()
     try:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medloc_lightning.checkpoint_io import AtomicCheckpointIO
-from medloc_lightning.checkpoints import UnsafeCheckpointError, load_checkpoint, verify_checkpoint
+from medloc_lightning.checkpointing.plugin import AtomicCheckpointIO
+from medloc_lightning.checkpointing.loading import UnsafeCheckpointError, load_checkpoint, verify_checkpoint
 from medloc_lightning.cli import main
 
-SMOKE = Path(__file__).parents[1] / "configs" / "tiny_smoke.yaml"
+SMOKE = Path(__file__).parents[2] / "configs" / "tiny_smoke.yaml"
 
 
 class Payload:
@@ -125,7 +125,7 @@ def test_medloc_fit_refuses_a_malicious_local_checkpoint(tmp_path, monkeypatch, 
 
 
 def test_box_policy_export_refuses_a_malicious_weights_file(tmp_path):
-    from medloc_lightning.policies.box import WEIGHTS_FILE, BoxPolicy
+    from medloc_lightning.policies.box.policy import WEIGHTS_FILE, BoxPolicy
 
     BoxPolicy(image_size=32).export(str(tmp_path / "box"))
     marker = tmp_path / "marker"

@@ -15,13 +15,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from medloc_lightning.policies.qwen_batch import select_images, token_logprobs
-from medloc_lightning.policies.qwen_loading import dropout_modules
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The ``Qwen2_5_VLForConditionalGeneration`` inside a peft wrapper (or ``model`` itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from medloc_lightning.policies.qwen.batch import select_images, token_logprobs
+from medloc_lightning.policies.qwen.model import base_model, dropout_modules
 
 
 def rope_index(model: nn.Module, prompts: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:

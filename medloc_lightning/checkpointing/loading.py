@@ -3,7 +3,7 @@
 A checkpoint is a pickle, and unpickling can run any code the file names. Every checkpoint medloc reads
 (``--ckpt_path`` of fit/validate/test/predict, ``export``, the warm start, BoxPolicy exports) goes through
 :func:`load_checkpoint` or :func:`verify_checkpoint`, which let torch build tensors and plain containers
-only, whatever torch's own default. No Lightning here; the Lightning plugin is `medloc_lightning.checkpoint_io`.
+only, whatever torch's own default. No Lightning here; the Lightning plugin is `medloc_lightning.checkpointing.plugin`.
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from urllib.parse import urlparse
 
 import torch
 
+from medloc_lightning.errors import CheckpointError, MissingFileError
+
 REMOTE_SCHEMES = ("http", "https")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that holds more than tensors and plain containers; nothing from it was run."""
 
 
@@ -58,7 +60,7 @@ def _refusal(path: str, err: pickle.UnpicklingError) -> UnsafeCheckpointError:
 
 def _load(local: str, source: str, map_location: Any, mmap: bool) -> Any:
     if not os.path.isfile(local):
-        raise FileNotFoundError(f"checkpoint file not found: {source}")
+        raise MissingFileError(f"checkpoint file not found: {source}")
     try:
         return torch.load(local, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:

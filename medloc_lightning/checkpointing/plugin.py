@@ -14,8 +14,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 
-from medloc_lightning.atomic import atomic_open, remove_stale_temporaries
-from medloc_lightning.checkpoints import UnsafeCheckpointError, is_url, load_checkpoint
+from medloc_lightning.checkpointing.atomic import atomic_open, remove_stale_temporaries
+from medloc_lightning.checkpointing.loading import UnsafeCheckpointError, is_url, load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

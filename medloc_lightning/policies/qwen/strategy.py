@@ -16,7 +16,7 @@ class QwenFSDPStrategy(FSDPStrategy):
 
     def __init__(self, activation_checkpointing: bool = True, sharding_strategy: str = "FULL_SHARD",
                  state_dict_type: str = "full", cpu_offload: bool = False, **kwargs: Any) -> None:
-        from medloc_lightning.policies.qwen_loading import wrap_classes
+        from medloc_lightning.policies.qwen.loading import wrap_classes
 
         classes = set(wrap_classes())
         super().__init__(

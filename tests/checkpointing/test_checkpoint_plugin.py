@@ -13,10 +13,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from medloc_lightning.checkpoint_io import AtomicCheckpointIO
-from medloc_lightning.checkpoints import UnsafeCheckpointError, load_checkpoint
+from medloc_lightning.checkpointing.plugin import AtomicCheckpointIO
+from medloc_lightning.checkpointing.loading import UnsafeCheckpointError, load_checkpoint
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "slow_checkpoint_fit.py"
 
 

@@ -5,7 +5,7 @@ BPE tokenizer trained here that carries Qwen's special tokens and covers the pro
 Qwen-style chat template and an image-only processor. It loads with the stock
 ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` and with `ImageOnlyQwen2_5_VLProcessor`.
 
-Run ``python -m medloc_lightning.policies.qwen_tiny OUT_DIR`` to write one, or pass the name `TINY_QWEN_NAME` as
+Run ``python -m medloc_lightning.policies.qwen.tiny OUT_DIR`` to write one, or pass the name `TINY_QWEN_NAME` as
 ``model_name_or_path`` to `QwenVLPolicy` (the smoke config does) to build one on the fly.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Sequence
+
+from medloc_lightning.errors import ConfigError
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -106,18 +108,18 @@ def build_tokenizer(vocab_size: int = _TOKENIZER_VOCAB):
 def _check_dims(**dims: int) -> None:
     for name, value in dims.items():
         if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise ConfigError(f"{name} must be positive, got {value}")
     for name in ("hidden", "vision_hidden"):
         if dims[name] % 64:
             # bitsandbytes' CPU 4-bit inference layout fails for Linear in_features below its 64 block.
-            raise ValueError(f"{name} must be a multiple of 64 (bitsandbytes 4-bit on CPU), got {dims[name]}")
+            raise ConfigError(f"{name} must be a multiple of 64 (bitsandbytes 4-bit on CPU), got {dims[name]}")
     if dims["hidden"] % dims["heads"] or dims["heads"] % dims["kv_heads"]:
-        raise ValueError(f"hidden ({dims['hidden']}) must divide by heads ({dims['heads']}), "
+        raise ConfigError(f"hidden ({dims['hidden']}) must divide by heads ({dims['heads']}), "
                          f"and heads by kv_heads ({dims['kv_heads']})")
     if (dims["hidden"] // dims["heads"]) % 4:
-        raise ValueError(f"head dim hidden/heads = {dims['hidden'] // dims['heads']} must be a multiple of 4")
+        raise ConfigError(f"head dim hidden/heads = {dims['hidden'] // dims['heads']} must be a multiple of 4")
     if dims["vision_hidden"] % dims["vision_heads"]:
-        raise ValueError(f"vision_hidden ({dims['vision_hidden']}) must divide by vision_heads")
+        raise ConfigError(f"vision_hidden ({dims['vision_hidden']}) must divide by vision_heads")
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -147,13 +149,13 @@ def build_tiny_qwen2_5_vl(
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from medloc_lightning.policies.qwen_processor import ImageOnlyQwen2_5_VLProcessor
+    from medloc_lightning.policies.qwen.processor import ImageOnlyQwen2_5_VLProcessor
 
     _check_dims(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, vision_hidden=vision_hidden,
                 vision_depth=vision_depth, vision_heads=vision_heads,
                 max_position_embeddings=max_position_embeddings)
     if min_pixels > max_pixels:
-        raise ValueError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
+        raise ConfigError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
@@ -255,7 +257,7 @@ def dimensions_from_args(args: argparse.Namespace) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m medloc_lightning.policies.qwen_tiny OUT_DIR [--hidden N --layers N ...]``: write a tiny
+    """``python -m medloc_lightning.policies.qwen.tiny OUT_DIR [--hidden N --layers N ...]``: write a tiny
     random-weight model folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, get_args
 import torch
 from torch import nn
 
+from medloc_lightning.errors import CheckpointError, ConfigError, MissingFileError
+
 if TYPE_CHECKING:
     from peft import LoraConfig
 
@@ -35,7 +37,7 @@ def resolve_model_name(name: str) -> str:
     `medloc_lightning.pretrained.SHIPPED` are folders shipped with the package.
     """
     from medloc_lightning.pretrained import SHIPPED, shipped_path
-    from medloc_lightning.policies.qwen_tiny import TINY_QWEN_NAME, tiny_qwen_path
+    from medloc_lightning.policies.qwen.tiny import TINY_QWEN_NAME, tiny_qwen_path
 
     if not name.startswith("medloc:"):
         return name
@@ -44,10 +46,10 @@ def resolve_model_name(name: str) -> str:
     if name in SHIPPED:
         path = shipped_path(name)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{name}: the shipped folder {path} is missing or incomplete; reinstall the "
+            raise MissingFileError(f"{name}: the shipped folder {path} is missing or incomplete; reinstall the "
                                     f"package, or rebuild it with `python -m medloc_lightning.prior --out {path}`")
         return str(path)
-    raise ValueError(f"unknown model name {name!r}; the medloc: names are {sorted([TINY_QWEN_NAME, *SHIPPED])}")
+    raise ConfigError(f"unknown model name {name!r}; the medloc: names are {sorted([TINY_QWEN_NAME, *SHIPPED])}")
 
 
 def wrap_classes() -> tuple[type[nn.Module], ...]:
@@ -64,13 +66,13 @@ def resolve_dtype(dtype: DTypeName) -> torch.dtype | str:
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}") from None
+        raise ConfigError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}") from None
 
 
 def check_quantization(mode: str | None) -> None:
     """Fail early, before any weights load, on a quantization mode we do not know."""
     if mode is not None and mode not in QUANTIZATION_MODES:
-        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {mode!r}")
+        raise ConfigError(f"quantization must be None, '4bit' or '8bit', got {mode!r}")
 
 
 def quantization_config(mode: Quantization | None, compute_dtype: torch.dtype | str) -> Any:
@@ -103,9 +105,9 @@ def adapter_base(path: str) -> str | None:
     try:
         base = json.loads(config.read_text())["base_model_name_or_path"]
     except (ValueError, KeyError) as err:
-        raise ValueError(f"{config}: field 'base_model_name_or_path' missing or unreadable ({err})") from err
+        raise CheckpointError(f"{config}: field 'base_model_name_or_path' missing or unreadable ({err})") from err
     if not base:
-        raise ValueError(f"{config}: field 'base_model_name_or_path' is empty")
+        raise CheckpointError(f"{config}: field 'base_model_name_or_path' is empty")
     return base
 
 
@@ -142,7 +144,7 @@ def lora_config(config: LoraConfig | None, *, r: int, alpha: int, dropout: float
     """The adapter to train: ``config`` as given, or one built from the short fields when ``r > 0``; None for a
     full fine-tune. With ``freeze_vision`` the vision tower is excluded, so no adapter lands in it."""
     if config is not None and r > 0:
-        raise ValueError(f"set either lora (a peft.LoraConfig) or lora_r > 0, not both (lora_r={r})")
+        raise ConfigError(f"set either lora (a peft.LoraConfig) or lora_r > 0, not both (lora_r={r})")
     if config is None and r == 0:
         return None
     if config is None:
@@ -153,7 +155,7 @@ def lora_config(config: LoraConfig | None, *, r: int, alpha: int, dropout: float
     if not freeze_vision:
         return config
     if config.exclude_modules:
-        raise ValueError(f"lora.exclude_modules is set ({config.exclude_modules!r}) and freeze_vision=True: set "
+        raise ConfigError(f"lora.exclude_modules is set ({config.exclude_modules!r}) and freeze_vision=True: set "
                          f"freeze_vision=False and exclude the vision tower yourself (regex {VISION_MODULE_PATTERN!r})")
     return dataclasses.replace(config, exclude_modules=VISION_MODULE_PATTERN)
 
@@ -191,30 +193,3 @@ def enable_gradient_checkpointing(model: nn.Module, *, with_adapter: bool) -> No
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if with_adapter:
         model.enable_input_require_grads()
-
-
-def dropout_modules(model: nn.Module) -> Iterator[nn.Module]:
-    """Every dropout layer, and every attention module with a dropout rate (whatever their current rate)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) or getattr(module, "attention_dropout", 0.0):
-            yield module
-
-
-@contextlib.contextmanager
-def train_mode_without_dropout(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in train mode with every dropout off, then restore each module's own mode.
-
-    bitsandbytes repacks 4-bit weights for inference on the first eval-mode forward on CPU, and the next
-    training forward then fails; in train mode it never repacks. Dropout (peft's LoRA dropout, attention
-    dropout) is switched off module by module, so sampling and scoring see one deterministic policy.
-    """
-    modes = {module: module.training for module in model.modules()}
-    model.train()
-    for module in dropout_modules(model):
-        module.training = False  # this module only: its children (bnb Linear4bit) stay in train mode
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-

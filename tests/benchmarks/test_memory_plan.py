@@ -2,17 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_SPEC = importlib.util.spec_from_file_location(
-    "memory_plan", Path(__file__).resolve().parents[1] / "benchmarks" / "memory_plan.py")
-plan = sys.modules.setdefault("memory_plan", importlib.util.module_from_spec(_SPEC))
-_SPEC.loader.exec_module(plan)
+from benchmarks import memory_plan as plan
 
 
 def config_of(dims):
@@ -49,7 +43,7 @@ def test_parameter_counts_match_the_built_architecture(name: str) -> None:
 def test_lora_parameter_count_matches_peft() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from medloc_lightning.policies.qwen_loading import apply_lora, lora_config
+    from medloc_lightning.policies.qwen.loading import apply_lora, lora_config
 
     dims = plan.ModelDims("tiny", hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256, vocab=300, tied=False,
                           vision_hidden=64, vision_depth=1, vision_intermediate=128)

@@ -22,17 +22,20 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from medloc_lightning import distributed
 from medloc_lightning.boxes import ImageGeometry
+from medloc_lightning.errors import CheckpointError, ConfigError
 from medloc_lightning.parsing import DEFAULT_PROMPT_TEMPLATE, format_answer, parse_box
-from medloc_lightning.policies.base import GroundingPolicy, Record, Rollout, Sharding
-from medloc_lightning.policies.qwen_batch import (
+from medloc_lightning.data.records import Record
+from medloc_lightning.policies.base import GroundingPolicy, Rollout, Sharding
+from medloc_lightning.policies.qwen.batch import (
     append_completions,
     shared_image_features,
     completion_mask,
     select_prompts,
     token_logprobs,
 )
-from medloc_lightning.policies.qwen_loading import (
+from medloc_lightning.policies.qwen.loading import (
     check_quantization,
     DTypeName,
     Quantization,
@@ -44,18 +47,17 @@ from medloc_lightning.policies.qwen_loading import (
     lora_config,
     resolve_model_name,
     resolve_dtype,
-    train_mode_without_dropout,
     vision_tower,
     wrap_classes,
 )
-from medloc_lightning.policies.qwen_prefill import (
-    base_model,
+from medloc_lightning.policies.qwen.model import base_model, train_mode_without_dropout
+from medloc_lightning.policies.qwen.prefill import (
     caches_through_backward,
     generate_with_shared_prefill,
     score_with_shared_prefill,
 )
-from medloc_lightning.policies.qwen_processor import VISION_SPECIAL_TOKENS, load_processor
-from medloc_lightning.policies.qwen_prompts import EncodedPrompts, encode_prompts, prompt_text
+from medloc_lightning.policies.qwen.processor import VISION_SPECIAL_TOKENS, load_processor
+from medloc_lightning.policies.qwen.prompts import EncodedPrompts, encode_prompts, prompt_text
 
 if TYPE_CHECKING:  # jsonargparse resolves it for the CLI; importing peft here would load bitsandbytes
     from peft import LoraConfig
@@ -200,7 +202,7 @@ class QwenVLPolicy(GroundingPolicy):
         if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
             eos_ids.append(tok.eos_token_id)
         if not eos_ids:
-            raise ValueError(f"{self.model_name_or_path}: no eos_token_id in generation_config.json, "
+            raise CheckpointError(f"{self.model_name_or_path}: no eos_token_id in generation_config.json, "
                              "config.json or the tokenizer")
         self.eos_token_ids = eos_ids
         self.answer_eos_id = tok.eos_token_id if tok.eos_token_id is not None else eos_ids[0]
@@ -230,10 +232,6 @@ class QwenVLPolicy(GroundingPolicy):
             ref.requires_grad_(False)
             object.__setattr__(self, "_reference_model", ref.to(self.device))  # unregistered on purpose
         self._reference_enabled = True
-
-    @property
-    def has_reference_copy(self) -> bool:
-        return self._reference_model is not None
 
     @property
     def max_completion_length(self) -> int:
@@ -293,11 +291,7 @@ class QwenVLPolicy(GroundingPolicy):
     def _every_rank_generates(self, has_prompts: bool) -> bool:
         """Whether every rank has a prompt to generate from. Sharded ranks must enter ``generate`` together (its
         forwards all-gather the weights), so when one has none, none generates."""
-        if not self.sharding.synced_generation or not torch.distributed.is_initialized():
-            return has_prompts
-        flag = torch.tensor([float(has_prompts)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item() > 0)
+        return distributed.all_ranks(has_prompts) if self.sharding.synced_generation else has_prompts
 
     def _shares_prefill(self, rows_per_prompt: float, model: nn.Module | None = None) -> bool:
         """Whether to prefill each prompt once for its rows: on by ``prefill_once`` when prompts repeat and the
@@ -463,7 +457,7 @@ class QwenVLPolicy(GroundingPolicy):
         model = self.model
         if merge_adapter and self.uses_adapter:
             if self.quantization is not None:
-                raise ValueError("merge_adapter=True needs an unquantized model: merge the exported adapter "
+                raise ConfigError("merge_adapter=True needs an unquantized model: merge the exported adapter "
                                  "into a bf16 load of the base model instead (see docs/qwen.md)")
             model = copy.deepcopy(model).merge_and_unload()
         target = base_model(model)
@@ -485,23 +479,23 @@ def _accepts_encoder_outputs(model_class: type) -> bool:
 def _check_args(*, max_new_tokens: int, top_p: float, top_k: int | None, lora_r: int, lora_dropout: float,
                 logprob_batch_size: int, prompt_template: str) -> None:
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be None or >= 0, got {top_k}")
+        raise ConfigError(f"top_k must be None or >= 0, got {top_k}")
     if lora_r < 0 or not 0 <= lora_dropout < 1:
-        raise ValueError(f"need lora_r >= 0 and 0 <= lora_dropout < 1, got {lora_r}, {lora_dropout}")
+        raise ConfigError(f"need lora_r >= 0 and 0 <= lora_dropout < 1, got {lora_r}, {lora_dropout}")
     if logprob_batch_size < 1:
-        raise ValueError(f"logprob_batch_size must be >= 1, got {logprob_batch_size}")
+        raise ConfigError(f"logprob_batch_size must be >= 1, got {logprob_batch_size}")
     if "{query}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain a '{{query}}' placeholder, got {prompt_template!r}")
+        raise ConfigError(f"prompt_template must contain a '{{query}}' placeholder, got {prompt_template!r}")
 
 
 def _check_quantization(quantization: str | None, *, trains_adapter: bool) -> None:
     check_quantization(quantization)
     if quantization is not None and not trains_adapter:
-        raise ValueError("quantized weights cannot be fine-tuned directly: set lora_r > 0 or lora (QLoRA)")
+        raise ConfigError("quantized weights cannot be fine-tuned directly: set lora_r > 0 or lora (QLoRA)")
 
 
 def _load_processor_for(path: str, **kwargs: Any) -> Any:

@@ -11,6 +11,8 @@ from typing import Any
 from transformers import Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from medloc_lightning.errors import ConfigError
+
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -45,7 +47,7 @@ def set_pixel_bounds(processor: Any, *, min_pixels: int | None, max_pixels: int 
     low = current_min if min_pixels is None else int(min_pixels)
     high = current_max if max_pixels is None else int(max_pixels)
     if not 0 < low <= high:
-        raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={low}, max_pixels={high}")
+        raise ConfigError(f"need 0 < min_pixels <= max_pixels, got min_pixels={low}, max_pixels={high}")
     improc = processor.image_processor
     size = {"shortest_edge": low, "longest_edge": high}
     improc.size = size if isinstance(improc.size, dict) else type(improc.size)(**size)

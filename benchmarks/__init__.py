@@ -1,0 +1,1 @@
+"""The benchmark scripts, run from the repository root as modules: ``python -m benchmarks.NAME`` (see docs/benchmarks.md)."""

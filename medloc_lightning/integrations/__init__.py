@@ -1,0 +1,1 @@
+"""Adapters for other training libraries: `trl` (a TRL GRPOTrainer reward function)."""
