@@ -1,17 +1,19 @@
 """Reproduce MedLoc-R1's comparison and ablations on CPU with BoxPolicy on synthetic data (the curriculum lab),
 in two regimes: from random weights, and from a shared grounding prior (see `medloc_lightning.lab`).
 
-    python benchmarks/reproduce.py                 # the full grid, both regimes (150 runs, about 17 min on 2 cores)
-    python benchmarks/reproduce.py --quick         # the main methods x 1 seed, shorter runs (about 3 min)
-    python benchmarks/reproduce.py --report-only   # re-render the doc and figures from the saved JSON
-    python benchmarks/reproduce.py --regimes prior --methods sft --merge   # rerun some runs into the saved JSON
+    python -m benchmarks.reproduce                 # the full grid: 24 methods x 5 seeds x 2 regimes
+    python -m benchmarks.reproduce --quick         # the main methods x 1 seed, shorter runs (about 3 min)
+    python -m benchmarks.reproduce --report-only   # re-render the doc and figures from the saved JSON
+    python -m benchmarks.reproduce --regimes prior --methods sft --merge   # rerun some runs into the saved JSON
 
-Each method is a config: the paper recipe alone (``medloc``) or with one baseline / ablation overlay. Per regime,
-every method runs 3 seeds, and MedLoc-R1, raw IoU and fixed tau run 5 for the paired comparisons. Writes the raw
-results to benchmarks/results/reproduction[_quick].json, tau-trajectory figures to docs/figures/, and the tables
-into docs/reproduction.md (docs/reproduction_quick.md with --quick) between its results markers; the text
-around them is kept. With ``--merge`` the runs made replace those of the same regime, method and seed in the saved
-JSON, which keeps the rest and records the rerun's command.
+Each method is a config: the paper recipe alone (``medloc``) or with one baseline / ablation overlay. Every
+method runs the same 5 seeds per regime; a seed sets the data order, the sampling and (from random weights) the
+initial weights, so runs pair seed by seed. Each run keeps its per-image test IoUs, and every comparison and
+verdict is a paired bootstrap over seeds and images (`benchmarks.paired`). Writes the raw results to
+benchmarks/results/reproduction[_quick].json, tau-trajectory figures to docs/figures/, and the tables into
+docs/reproduction.md (docs/reproduction_quick.md with --quick) between its results markers; the text around them
+is kept. With ``--merge`` the runs made replace those of the same regime, method and seed in the saved JSON, which
+keeps the rest and records the rerun's command.
 """
 from __future__ import annotations
 
@@ -42,9 +44,11 @@ ABLATIONS = [
     ("Window refresh, kept hits as earned", ["refresh_full_as_earned", "refresh_half_as_earned",
                                              "refresh_quarter_as_earned"]),
     ("Step decay", ["medloc", "step_linear", "step_cosine"]),
+    ("Gates that let τ climb (ours)", ["medloc", "relaxed_gates", "relaxed_gates_blend"]),
 ]
 PAIRS = [("medloc", "raw_iou"), ("medloc", "fixed_tau")]
-SEEDS, PAIR_SEEDS = [0, 1, 2], [0, 1, 2, 3, 4]
+SEEDS = [0, 1, 2, 3, 4]
+"""Every method runs every seed, so every comparison pairs runs seed by seed."""
 QUICK_STEPS = 300
 LABELS = {"medloc": "MedLoc-R1 (recipe: adaptive, piecewise, refresh 0.5)", "refresh_full": "refresh 1.0 (full)",
           "refresh_quarter": "refresh 0.25", "refresh_full_as_earned": "refresh 1.0, as earned",
@@ -66,8 +70,7 @@ def grid(quick: bool) -> list[tuple[str, int]]:
     if quick:
         return [(m, 0) for m in MAIN]
     methods = list(dict.fromkeys([*MAIN, *(m for _, ms in ABLATIONS for m in ms)]))
-    paired = {m for pair in PAIRS for m in pair}
-    return [(m, s) for m in methods for s in (PAIR_SEEDS if m in paired else SEEDS)]
+    return [(m, s) for m in methods for s in SEEDS]
 
 
 # --- running --------------------------------------------------------------------------------------------------
@@ -87,6 +90,7 @@ def _job(args: tuple) -> dict:
           flush=True)
     for key in ("hit_rates", "reward_stds", "iou_margins"):  # 4 decimals keep the file small
         result[key] = [round(v, 4) for v in result[key]]
+    result["test_ious"] = [round(v, 6) for v in result["test_ious"]]
     return result
 
 
@@ -124,7 +128,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     machine = (f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, load "
                f"{os.getloadavg()[0]:.1f} at the end; {args.workers} worker processes; no GPU")
-    command = "python benchmarks/reproduce.py" + "".join(f" {a}" for a in args.argv)
+    command = "python -m benchmarks.reproduce" + "".join(f" {a}" for a in args.argv)
     return {"command": command, "elapsed_s": elapsed, "machine": machine, "data": data_kwargs, "regimes": regimes,
             "results": results}
 
@@ -176,16 +180,6 @@ def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> 
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def paired(a: Sequence[dict], b: Sequence[dict], key: str) -> dict[str, float]:
-    """``a`` minus ``b`` on ``key``, seed by seed (the seeds both ran): mean and sample std of the differences,
-    the number of seeds, and on how many ``a`` is higher / lower."""
-    by_seed = {r["seed"]: r["test"][key] for r in b}
-    diffs = [r["test"][key] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
-    return {"n": len(diffs), "mean": statistics.fmean(diffs) if diffs else math.nan,
-            "std": statistics.stdev(diffs) if len(diffs) > 1 else math.nan,
-            "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs)}
-
-
 def _table(methods: Sequence[str], by: dict[str, list[dict]], paper: dict | None, paper_cols: Sequence[str]) -> list[str]:
     head = ("| method | seeds | " + " | ".join(name for name, _ in METRICS) +
             " | zero-std groups, first 20% | all-fail groups, first 20% | τ raises | final τ | wall s |")
@@ -211,27 +205,92 @@ def _table(methods: Sequence[str], by: dict[str, list[dict]], paper: dict | None
     return out
 
 
-def _ordering(by: dict[str, list[dict]], paper: dict, metric: str, index: int | None) -> str:
-    present = [m for m in paper if by.get(m)]
-    ours = sorted(present, key=lambda m: -statistics.fmean(r["test"][metric] for r in by[m]))
-    theirs = sorted(present, key=lambda m: -(paper[m][index] if index is not None else paper[m]))
-    agree = sum(a == b for a, b in zip(ours, theirs))
-    return (f"ours by {metric}: {' > '.join(ours)}  \npaper: {' > '.join(theirs)}  \n"
-            f"({agree} of {len(present)} positions agree)")
+CLAIMS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("MedLoc-R1 beats fixed τ 0.5 (VLM-R1)", "medloc", "fixed_tau", "acc@0.5", ">"),
+    ("… at Acc@0.75", "medloc", "fixed_tau", "acc@0.75", ">"),
+    ("MedLoc-R1 beats raw IoU", "medloc", "raw_iou", "acc@0.75", ">"),
+    ("MedLoc-R1 beats V-Triune", "medloc", "v_triune", "acc@0.75", ">"),
+    ("MedLoc-R1 beats SFT", "medloc", "sft", "acc@0.75", ">"),
+    ("Removing the reward check hurts", "medloc", "no_accuracy_check", "acc@0.75", ">"),
+    ("Removing the stability check hurts", "medloc", "no_stability_check", "acc@0.75", ">"),
+    ("Removing the margin check hurts", "medloc", "no_margin_check", "acc@0.75", ">"),
+    ("All three checks beat the reward check alone", "medloc", "only_accuracy_check", "acc@0.75", ">"),
+    ("Adaptive beats fixed conservative, blind (b)", "medloc", "fixed_conservative", "acc@0.75", ">"),
+    ("Conservative beats moderate, blind (b)", "fixed_conservative", "fixed_moderate", "acc@0.75", ">"),
+    ("Moderate beats aggressive, blind (b)", "fixed_moderate", "fixed_aggressive", "acc@0.75", ">"),
+    ("Adaptive beats fixed conservative, gated (a)", "medloc", "fixed_gated_conservative", "acc@0.75", ">"),
+    ("Conservative beats moderate, gated (a)", "fixed_gated_conservative", "fixed_gated_moderate", "acc@0.75", ">"),
+    ("Moderate beats aggressive, gated (a)", "fixed_gated_moderate", "fixed_gated_aggressive", "acc@0.75", ">"),
+    ("Semi-preserved refresh beats full replacement", "medloc", "refresh_full", "acc@0.75", ">"),
+    ("Semi-preserved refresh beats quarter replacement", "medloc", "refresh_quarter", "acc@0.75", ">"),
+    ("Linear step decay matches piecewise", "step_linear", "medloc", "acc@0.75", "≈"),
+    ("Cosine step decay matches piecewise", "step_cosine", "medloc", "acc@0.75", "≈"),
+    ("Ours: relaxed gates beat the paper's gates", "relaxed_gates", "medloc", "acc@0.75", ">"),
+    ("Ours: the dense reward under the curriculum beats raw IoU", "relaxed_gates_blend", "raw_iou", "acc@0.75", ">"),
+)
+"""The paper's claims (and two of ours) as paired comparisons: (claim, a, b, metric, kind). ``>``: a beats b;
+``≈``: a matches b (no detectable difference agrees)."""
+
+
+def _ious(runs: Sequence[dict], seeds: Sequence[int]) -> Any:
+    from benchmarks import paired
+
+    return paired.pooled([{"seed": r["seed"], "ious": {"test": r["test_ious"]}} for r in runs], "test", seeds)
+
+
+def compare(by: dict[str, list[dict]], a: str, b: str, key: str) -> dict[str, Any] | None:
+    """a − b on ``key`` over the seeds both ran: the bootstrap interval over seeds and test images
+    (`benchmarks.paired`), or None when they share no seed or lack per-image IoUs."""
+    from benchmarks import paired
+
+    ra, rb = by.get(a, []), by.get(b, [])
+    seeds = sorted({r["seed"] for r in ra} & {r["seed"] for r in rb})
+    if not seeds or not all("test_ious" in r for r in (*ra, *rb)):
+        return None
+    return paired.paired_difference(_ious(ra, seeds), _ious(rb, seeds), key)
+
+
+def _verdict(claim_kind: str, d: dict[str, Any]) -> str:
+    from benchmarks import paired
+
+    if d["lo"] == d["hi"] == d["diff"] == 0.0:
+        word = "agrees: identical runs" if claim_kind == "≈" else "not detectable: identical runs"
+    elif claim_kind == "≈":
+        word = "agrees" if d["verdict"] == paired.UNDETECTED else "disagrees"
+    else:
+        word = {paired.BETTER: "agrees", paired.WORSE: "disagrees"}.get(d["verdict"], "not detectable")
+    return f"**{word}**: {paired.fmt_diff(d)}"
+
+
+def claims_table(saved: dict[str, Any]) -> list[str]:
+    """One row per claim, one column per regime: the verdict and a − b (points) with its 95% interval."""
+    regimes = list(saved["regimes"])
+    by_regime: dict[str, dict[str, list[dict]]] = {name: {} for name in regimes}
+    for r in saved["results"]:
+        by_regime[r.get("regime", "random_init")].setdefault(r["method"], []).append(r)
+    out = ["| claim | metric | " + " | ".join(n.replace("_", " ") for n in regimes) + " |",
+           "|---|---|" + "---|" * len(regimes)]
+    names = dict((key, name) for name, key in METRICS)
+    for claim, a, b, key, kind in CLAIMS:
+        cells = []
+        for name in regimes:
+            d = compare(by_regime[name], a, b, key)
+            cells.append("untested" if d is None else _verdict(kind, d))
+        out.append(f"| {claim} | {names[key]} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _paired_table(by: dict[str, list[dict]]) -> list[str]:
+    from benchmarks import paired
+
     out = ["| comparison | seeds | " + " | ".join(f"Δ {name}" for name, _ in METRICS) + " |",
            "|---|---|" + "---|" * len(METRICS)]
     for a, b in PAIRS:
-        if not (by.get(a) and by.get(b)):
+        diffs = [compare(by, a, b, key) for _, key in METRICS]
+        if any(d is None for d in diffs):
             continue
-        cells = []
-        for _, key in METRICS:
-            p = paired(by[a], by[b], key)
-            spread = "" if math.isnan(p["std"]) else f" ± {100 * p['std']:.1f}"
-            cells.append(f"{100 * p['mean']:+.1f}{spread} ({p['higher']}↑ {p['lower']}↓)")
-        out.append(f"| {LABELS.get(a, a)} − {b} | {paired(by[a], by[b], METRICS[0][1])['n']} | " + " | ".join(cells) + " |")
+        cells = [paired.fmt_diff(d) + {"better": " ▲", "worse": " ▼"}.get(d["verdict"], "") for d in diffs]
+        out.append(f"| {LABELS.get(a, a)} − {b} | {diffs[0]['seeds']} | " + " | ".join(cells) + " |")
     return out
 
 
@@ -303,21 +362,18 @@ def report(saved: dict[str, Any], quick: bool, figures: Path = ROOT / "docs" / "
         if not by:
             continue
         lines += [f"## Regime: {name.replace('_', ' ')}", ""] + _regime_setup(name, regime, saved)
-        lines += ["### Main comparison", ""] + _table(MAIN, by, PAPER_MAIN, ["Acc@0.5", "Acc@0.75"])
-        lines += ["", _ordering(by, {m: v for m, v in PAPER_MAIN.items()}, "acc@0.75", 1), ""]
+        lines += ["### Main comparison", ""] + _table(MAIN, by, PAPER_MAIN, ["Acc@0.5", "Acc@0.75"]) + [""]
         pairs = _paired_table(by)
         if len(pairs) > 2:
             lines += ["### Paired comparisons", "",
-                      "Differences in percentage points, seed by seed (same seed, same data order): mean ± std over "
-                      "seeds, and on how many seeds the first method is higher (↑) or lower (↓).", ""] + pairs + [""]
+                      "a − b in percentage points over the seeds both ran, with 95% bootstrap intervals over seeds and "
+                      "test images, the pairing kept (▲ / ▼: the whole interval above / below 0).", ""] + pairs + [""]
         for title, methods in ABLATIONS:
             if sum(bool(by.get(m)) for m in methods) < 2:
                 continue
             lines += [f"### Ablation: {title}", ""]
             paper = {m: PAPER_ABLATION[m] for m in methods if m in PAPER_ABLATION}
             lines += _table(methods, by, paper or None, ["Acc@0.75 (HAM10000)"])
-            if len(paper) > 1:
-                lines += ["", _ordering(by, paper, "acc@0.75", None)]
             if title.startswith("Window refresh"):
                 order = [m for m in methods if "full" in m] + [m for m in methods if "full" not in m]
                 lines += ["", _identical_refresh(by, order)]
@@ -325,7 +381,11 @@ def report(saved: dict[str, Any], quick: bool, figures: Path = ROOT / "docs" / "
         plots = _plots(by, name, suffix, figures, doc_dir)
         if plots:
             lines += ["### τ trajectories (first seed)", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
-    lines.append(END)
+    lines += ["## Verdicts", "",
+              "Each claim as a paired comparison, a − b on the test split over the seeds both ran, in points, with its "
+              "95% bootstrap interval over seeds and test images: **agrees** when the interval lies on the claim's "
+              "side of 0 (for \"matches\", when it straddles 0), **disagrees** when it lies on the other side, "
+              "**not detectable** when it straddles 0.", ""] + claims_table(saved) + ["", END]
     return "\n".join(lines)
 
 
@@ -343,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="the main methods, 1 seed, shorter runs, both regimes")
     ap.add_argument("--regimes", nargs="+", default=["random_init", "prior"], choices=["random_init", "prior"])
     ap.add_argument("--methods", nargs="*", help="subset of methods (default: the whole grid)")
-    ap.add_argument("--seeds", nargs="*", type=int, help="these seeds for every method (default: 3, or 5 for pairs)")
+    ap.add_argument("--seeds", nargs="*", type=int, help=f"these seeds for every method (default: {SEEDS})")
     ap.add_argument("--steps", type=int, help="optimizer steps per run (default: each regime's)")
     ap.add_argument("--learning-rate", type=float, help="GRPO/SFT learning rate of every run (default: each regime's)")
     ap.add_argument("--workers", type=int, default=2)

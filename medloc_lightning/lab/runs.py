@@ -140,6 +140,8 @@ class LabResult:
     iou_margins: list[float] = field(default_factory=list)
     """The window's r̄, σ and m̄ at the start of each step (NaN before the first observation or without a
     curriculum): with ``taus`` they show which check held τ."""
+    test_ious: list[float] = field(default_factory=list)
+    """The IoU of each test image's greedy answer (0 when unparsed), in the test split's order."""
     policy: Any = field(default=None, repr=False, compare=False)
     """The trained policy with ``run(..., return_policy=True)``, else None; never part of `to_dict`."""
 
@@ -169,12 +171,18 @@ class EarlyGroups(pl.Callback):
 
 
 class _Recorder(EarlyGroups):
-    """Per-step τ and window statistics, and the zero-std and all-fail group fractions at 20% of the run."""
+    """Per-step τ and window statistics, the zero-std and all-fail group fractions at 20% of the run, and the
+    test split's per-image IoUs."""
 
     def __init__(self, steps: int) -> None:
         super().__init__(steps)
         self.taus: list[float] = []
         self.window: dict[str, list[float]] = {"hit_rate": [], "reward_std": [], "iou_margin": []}
+        self.test_ious: list[float] = []
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        self.test_ious.extend(float(v) for v in outputs["samples"]["ious"].tolist())
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.taus.append(float(getattr(pl_module, "iou_threshold", float("nan"))))
@@ -194,10 +202,10 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
     ``init`` is a BoxPolicy export to start from (the prior regime); without it the policy starts from random
     weights seeded by ``seed``. ``regime`` only labels the result.
 
-    ``data_seed`` sets the training order (``data.seed`` for this run; restored afterwards). By default SFT
-    takes ``seed``: it samples nothing, so from a shared prior the data order is all that its seed can change.
-    GRPO keeps ``data``'s own order, the same for every seed, so that runs of one seed pair across methods; its
-    seed sets the sampling (and, without ``init``, the initial weights).
+    A seed sets everything random in the run: the training order (``data.seed`` for this run, restored
+    afterwards), GRPO's sampling and, without ``init``, the initial weights. Every method takes the same seeds,
+    so runs of one seed pair across methods. ``data_seed`` sets the training order apart from ``seed``.
+    The test split's per-image IoUs are kept (``test_ious``) for paired comparisons.
     """
     from medloc_lightning.policies.box import BoxPolicy
 
@@ -227,11 +235,10 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
                          check_val_every_n_epoch=None, limit_val_batches=1.0 if val_every else 0.0,
                          log_every_n_steps=50, deterministic=False)
     kept_seed = getattr(data, "seed", None)
-    if data_seed is None and spec.module == "sft" and kept_seed is not None:
-        data_seed = seed
-    if data_seed is not None:
-        if kept_seed is None:
-            raise ConfigError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
+    if data_seed is not None and kept_seed is None:
+        raise ConfigError(f"data_seed={data_seed} needs a DataModule with a `seed` (its training order)")
+    if kept_seed is not None:
+        data_seed = seed if data_seed is None else data_seed
         data.seed = data_seed
     start = time.perf_counter()
     try:
@@ -240,7 +247,7 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
             trainer.fit(module, data)
             test = trainer.test(module, data, verbose=False)[0]
     finally:
-        if data_seed is not None:
+        if kept_seed is not None:
             data.seed = kept_seed
     wall = time.perf_counter() - start
     return LabResult(
@@ -252,7 +259,7 @@ def run(method: str | Method, data: pl.LightningDataModule, steps: int = 600, se
         final_tau=float("nan") if schedule is None else schedule.tau,
         wall_s=wall, taus=recorder.taus, hit_rates=recorder.window["hit_rate"],
         reward_stds=recorder.window["reward_std"], iou_margins=recorder.window["iou_margin"],
-        policy=policy.eval() if return_policy else None,
+        test_ious=recorder.test_ious, policy=policy.eval() if return_policy else None,
     )
 
 
