@@ -22,10 +22,10 @@ This module is the one place that spells out the paper's symbols.
   step-to-step hit rate (temporal stability); each step averages B·G·world completions, so σ shrinks about
   as 1/√B and a given S_τ means something else at another batch size or world size. Per group, σ is the
   spread across prompts, including the binomial noise of G draws (about √(p(1 − p)/G): 0.14 at p = 0.8,
-  G = 8) and the spread of prompt difficulty; it does not depend on B or the world size, but the paper's
-  S_τ of 0.10–0.20 then passes only when nearly every group hits alike (p near 1). The default stays
-  ``"step"``: it is the paper's wording, it keeps runs and checkpoints as they were, and the shipped
-  S_τ values were set for it.
+  G = 8) and the spread of prompt difficulty; it does not depend on B or the world size, but the default
+  S_τ of 0.10–0.20 (ours: the paper only says S_τ is "gradually expanded") then passes only when nearly
+  every group hits alike (p near 1). The default stays ``"step"``: it is the paper's wording, it keeps runs
+  and checkpoints as they were, and the shipped S_τ values were set for it.
 - P_τ (``min_hit_rate``) and S_τ (``max_reward_std``) are given at tau_start and at tau_target and
   interpolated linearly in τ (a float is a constant). Δ (``min_margin``) is constant.
 - The criterion C = [r̄ ≥ P_τ] ∧ [σ ≤ S_τ] ∧ [m̄ ≥ Δ] (the enabled checks only) is evaluated once per
